@@ -1,0 +1,237 @@
+"""One typed config tree for every command, loaded from YAML with dotted CLI overrides.
+
+Each field carries a one-line description (pydantic ``Field(description=...)``); ``mmclip-dist config
+--help-fields`` prints them. ``load_config("launch/configs/debug.yaml", ["train.global_batch=512"])``
+reads the file, applies overrides left to right and validates the result, so a typo in a key is an
+error naming the key rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    # extra="forbid": an unknown key is a user error (usually a typo), never something to ignore.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    """Synthetic VinDr-format dataset used by the debug mode and the tests."""
+
+    num_patients: int = Field(160, description="patients to generate; each has a left and a right breast")
+    height: int = Field(640, description="height of the generated DICOM images in pixels")
+    width: int = Field(480, description="width of the generated DICOM images in pixels")
+    test_fraction: float = Field(0.25, description="fraction of patients put in the VinDr 'test' split")
+    normal_fraction: float = Field(0.0, description="fraction of breasts generated without any lesion")
+    seed: int = Field(0, description="random seed; the same seed gives byte-identical DICOMs and CSVs")
+
+
+class ShardsConfig(_Section):
+    """Turning a DICOM dataset and its CSVs into WebDataset shards."""
+
+    dataset: Literal["vindr", "rsna", "cbis", "generic"] = Field("vindr", description="input adapter")
+    input: str = Field("", description="dataset root folder (or CSV file for 'generic')")
+    output: str = Field("", description="output folder or s3://bucket/prefix for the shards")
+    image_size: tuple[int, int] = Field((760, 480), description="stored image size (height, width)")
+    flip_to: Literal["left", "right", "none"] = Field(
+        "left", description="mirror every breast so the chest wall is on this side ('none' keeps it)"
+    )
+    missing_view: Literal["skip", "duplicate"] = Field(
+        "skip", description="breast lacking CC or MLO: reject it, or duplicate the view it has"
+    )
+    shard_max_bytes: int = Field(500_000_000, description="target shard size in bytes")
+    shard_max_samples: int = Field(100_000, description="upper bound on samples per shard")
+    processes: int = Field(2, description="decode processes")
+    salt: str = Field("", description="secret salt for hashing ids; empty reads MMCLIP_ID_SALT")
+    max_reject_fraction: float = Field(0.05, description="exit non-zero when more inputs than this are rejected")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
+
+
+class DataConfig(_Section):
+    """Streaming the shards into training batches."""
+
+    train_shards: str = Field("", description="folder, s3:// prefix or brace pattern of training shards")
+    eval_shards: str = Field("", description="shards of the held-out split used for evaluation")
+    image_size: tuple[int, int] = Field((760, 480), description="model input size (height, width)")
+    max_rois: int = Field(4, description="RoIs kept per view; extra boxes are dropped, missing ones masked")
+    max_text_len: int = Field(128, description="report tokens kept per view")
+    shuffle_buffer: int = Field(1000, description="samples held in the shuffle buffer of each loader worker")
+    loader_workers: int = Field(2, description="DataLoader worker processes per training rank")
+    epoch_samples: int = Field(0, description="samples per epoch across all ranks; 0 = one pass over the shards")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
+
+
+class ModelConfig(_Section):
+    """The MM-CLIP network (paper Sec. 3.1-3.3)."""
+
+    backbone: str = Field("efficientnet_b2", description="timm model name of the visual encoder")
+    backbone_weights: str = Field(
+        "", description="'' random init, 'timm' for timm's pretrained weights (cache/hub), or a file path"
+    )
+    text_encoder: str = Field(
+        "emilyalsentzer/Bio_ClinicalBERT", description="Hugging Face hub id or local folder of the text encoder"
+    )
+    tokenizer: str = Field("", description="tokenizer hub id or folder; empty uses text_encoder")
+    embed_dim: int = Field(512, description="dimension of the shared image-text embedding space")
+    roi_output_size: int = Field(7, description="RoIAlign output grid (square)")
+    roi_match_dim: int = Field(256, description="width of the cross-modal RoI matching attention (Eq. 5, L)")
+    roi_match_heads: int = Field(8, description="attention heads of the RoI matching module")
+    dropout: float = Field(0.1, description="dropout in the projection heads")
+    init_temperature: float = Field(0.07, description="initial temperature of every learnable logit scale")
+
+
+class LossConfig(_Section):
+    """Loss weights (paper Eq. 10) and distributed-loss knobs."""
+
+    global_weight: float = Field(1.0, description="alpha: weight of the global CLIP loss (Eq. 7)")
+    roi_weight: float = Field(0.5, description="beta: weight of the RoI CLIP loss (Eq. 8)")
+    cross_view_weight: float = Field(0.2, description="gamma: weight of the cross-view consistency loss (Eq. 9)")
+    cross_view_lambda: float = Field(0.1, description="lambda: weight of the squared distance in Eq. 9")
+    roi_chunk_size: int = Field(64, description="texts per chunk when scoring RoI matches; bounds memory")
+    max_logit_scale: float = Field(100.0, description="clamp on exp(logit scale), as in CLIP")
+
+
+class TrainConfig(_Section):
+    """Optimisation and the distributed run."""
+
+    num_workers: int = Field(2, description="Ray Train workers (one per GPU on a cluster)")
+    use_gpu: bool = Field(False, description="give each worker a GPU")
+    cpus_per_worker: int = Field(1, description="CPUs reserved per worker")
+    micro_batch: int = Field(8, description="breasts per worker per forward pass")
+    global_batch: int = Field(16, description="contrastive batch = workers x micro_batch x accumulation")
+    max_steps: int = Field(100, description="optimizer steps to run")
+    lr: float = Field(1e-6, description="peak AdamW learning rate")
+    weight_decay: float = Field(1e-5, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (the paper's 'momentum 0.9')")
+    warmup_steps: int = Field(10, description="linear warm-up steps before cosine decay")
+    min_lr_ratio: float = Field(0.0, description="final lr as a fraction of the peak")
+    grad_clip: float = Field(1.0, description="gradient-norm clip (0 disables)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="training precision (bf16 on GPU)")
+    seed: int = Field(0, description="seed for init, dropout and data order")
+    log_every: int = Field(1, description="steps between metric logs")
+    checkpoint_every: int = Field(50, description="steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = Field(2, description="checkpoints kept in storage")
+    storage_path: str = Field("runs", description="local folder or s3://bucket/prefix for Ray run storage")
+    storage_endpoint: str | None = Field(None, description="S3 endpoint of storage_path (None: default)")
+    run_name: str = Field("mmclip", description="Ray run name; also the MLflow run name")
+    max_failures: int = Field(2, description="worker failures Ray Train recovers from by restoring")
+    resume: bool = Field(False, description="resume from the latest checkpoint of run_name")
+    export_dir: str = Field("", description="where to export the final DeepSpeed-independent model")
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch // (self.num_workers * self.micro_batch)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainConfig":
+        per_step = self.num_workers * self.micro_batch
+        if self.global_batch % per_step != 0 or self.global_batch < per_step:
+            raise ValueError(
+                f"train.global_batch={self.global_batch} must be a positive multiple of "
+                f"num_workers x micro_batch = {self.num_workers} x {self.micro_batch} = {per_step}"
+            )
+        return self
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    tracking_uri: str = Field("", description="MLflow tracking URI; empty: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    experiment: str = Field("mmclip", description="MLflow experiment name")
+
+
+class EvalConfig(_Section):
+    """Downstream evaluation."""
+
+    task: Literal["malignancy", "mass", "calcification", "density", "birads"] = Field(
+        "malignancy", description="label to predict"
+    )
+    batch_size: int = Field(16, description="breasts per evaluation batch")
+    bootstrap: int = Field(1000, description="bootstrap resamples for 95% confidence intervals")
+
+
+class Config(_Section):
+    """The whole tree; every command reads the sections it needs."""
+
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="synthetic data")
+    shards: ShardsConfig = Field(default_factory=ShardsConfig, description="shard building")
+    data: DataConfig = Field(default_factory=DataConfig, description="training data stream")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="network")
+    loss: LossConfig = Field(default_factory=LossConfig, description="losses")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation and distribution")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the tree."""
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``1e-4``, ``[760, 480]``, ``null``)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form section.key=value")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        tree = yaml.safe_load(text) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(tree, override)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{where}:\n{err}") from err
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, saved beside checkpoints and logged to MLflow."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"train.lr": 1e-6, ...}``: one entry per leaf, for MLflow params and run comparison."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
+
+
+def field_docs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, description, default) of every leaf field, for ``mmclip-dist config --docs``."""
+    rows: list[tuple[str, str, Any]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(field_docs(annotation, dotted + "."))
+        else:
+            rows.append((dotted, info.description or "", info.get_default(call_default_factory=True)))
+    return rows
