@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run the test suite. Extra arguments go to pytest (e.g. -m "not integration").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./launch/install.sh || exit 1
+export DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0
+.venv/bin/python -m pytest --timeout=900 "$@"
+status=$?
+# pytest exits 5 when no test was collected (e.g. a -k filter matching nothing): that is a failure
+# for CI, never a silent pass.
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"

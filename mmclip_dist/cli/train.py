@@ -1,0 +1,42 @@
+"""``mmclip-dist train``: pretraining on the connected Ray cluster (or a local one)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mmclip_dist.cli.common import add_config_args, config_from_args
+from mmclip_dist.config import Config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="pretrain MM-CLIP with Ray Train + DeepSpeed")
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue run train.run_name from its latest checkpoint")
+    parser.set_defaults(func=run)
+
+
+def connect_ray(cfg: Config) -> None:
+    """Join the cluster named by RAY_ADDRESS (set inside Ray jobs), else start a local one on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    from mmclip_dist.train.ray_cluster import init_local_ray
+
+    init_local_ray(num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.resume:
+        cfg.train.resume = True
+    from mmclip_dist.train.trainer import run_training
+
+    connect_ray(cfg)
+    result = run_training(cfg)
+    print(f"MLflow run {result.mlflow_run_id} ({result.tracking_uri}); model exported to {result.export_dir}")
+    return 0

@@ -1,0 +1,52 @@
+"""The DeepSpeed config dict built from ``TrainConfig`` (one source of truth: our YAML, not a DS JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmclip_dist.config import TrainConfig
+
+
+def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """ZeRO stage, precision, AdamW and warm-up + cosine schedule for ``world_size`` ranks.
+
+    Gradient accumulation is done by the feature cache, which hands DeepSpeed one backward per
+    micro-batch; DeepSpeed still needs the count so it only steps (and all-reduces) at the boundary.
+    """
+    accumulation = train.global_batch // (world_size * train.micro_batch)
+    return {
+        "train_batch_size": train.global_batch,
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {
+            "stage": train.zero_stage,
+            # Keeps ZeRO-3 from prefetching the whole model on CPU debug runs; harmless on GPUs.
+            **({"stage3_param_persistence_threshold": 0} if train.zero_stage == 3 else {}),
+        },
+        "bf16": {"enabled": train.precision == "bf16"},
+        "optimizer": {
+            "type": "AdamW",
+            # torch_adam: DeepSpeed's fused CPU/GPU Adam needs compiled ops, which we install without.
+            "params": {
+                "lr": train.lr,
+                "betas": list(train.betas),
+                "weight_decay": train.weight_decay,
+                "torch_adam": True,
+                "adam_w_mode": True,
+            },
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(train.max_steps, 1),
+                # DeepSpeed rejects 0 warm-up steps; one step of warm-up is the closest to "none".
+                "warmup_num_steps": max(1, min(train.warmup_steps, train.max_steps)),
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": train.min_lr_ratio,
+                "warmup_type": "linear",
+            },
+        },
+        "steps_per_print": 10**9,  # we log through MLflow; DeepSpeed's own prints would only add noise
+        "wall_clock_breakdown": False,
+    }

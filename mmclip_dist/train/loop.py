@@ -1,0 +1,116 @@
+"""The per-worker training function that Ray Train runs on every rank.
+
+Read it top to bottom: build → restore → for each step: fetch micro-batches, feature-cache step
+(forward all, loss over the global batch, replay + backward), log, checkpoint → export.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from mmclip_dist.config import Config
+from mmclip_dist.train.state import TrainState, restore, save_and_report
+from mmclip_dist.train.steps import step_stream
+from mmclip_dist.train.tracking import RunLogger
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: ``loop_config`` = {"config": Config dump, "mlflow_run_id", "tracking_uri"}."""
+    import deepspeed  # after Ray has set DS_ACCELERATOR in this worker's environment
+
+    from mmclip_dist.losses import FeatureCache, MMCLIPLoss
+    from mmclip_dist.model import MMCLIP, load_tokenizer
+    from mmclip_dist.train.deepspeed_config import build_deepspeed_config
+    from mmclip_dist.train.export import export_model
+
+    cfg = Config.model_validate(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.train.seed)  # same init everywhere; DeepSpeed also broadcasts rank 0's weights
+    model = MMCLIP.from_config(cfg.model, cfg.data)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(cfg.train, world), dist_init_required=False,
+    )
+    restored = restore(engine, rank)  # also restores this rank's RNG, so dropout continues exactly
+    if restored is None:
+        torch.manual_seed(cfg.train.seed * 1000 + rank)  # ranks must not share dropout masks
+    state = restored or TrainState(mlflow_run_id=loop_config["mlflow_run_id"])
+    logger = RunLogger(loop_config["tracking_uri"], state.mlflow_run_id, enabled=rank == 0)
+    tokenizer = load_tokenizer(cfg.model)
+    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.batches_in_epoch)
+    cache = FeatureCache(MMCLIPLoss(cfg.loss))
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    device = engine.device
+
+    def backward(surrogate: torch.Tensor) -> None:
+        # The cache hands us gradients of the *global* loss, so DeepSpeed must not divide by GAS again;
+        # step() after every micro-batch keeps DeepSpeed's accumulation boundary bookkeeping right.
+        engine.backward(surrogate, scale_wrt_gas=False)
+        engine.step()
+
+    while state.step < cfg.train.max_steps:
+        started = time.perf_counter()
+        batch = next(steps)
+        fetched = time.perf_counter()
+        micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
+        terms = cache.step(micro_batches, forward=engine, model=engine.module, backward=backward)
+        done = time.perf_counter()
+        state.step += 1
+        state.epoch, state.batches_in_epoch = batch.epoch, batch.batches_in_epoch
+        state.samples_seen += cfg.train.global_batch
+        metrics = _global_mean(terms, world, device) | {
+            "lr": engine.get_lr()[0],
+            "samples_per_s": cfg.train.global_batch / (done - started),
+            "data_wait_fraction": (fetched - started) / (done - started),
+            "epoch": float(state.epoch),
+        }
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            logger.log_metrics(metrics, step=state.step)
+        every = cfg.train.checkpoint_every
+        if (every and state.step % every == 0) or state.step == cfg.train.max_steps:
+            save_and_report(engine, state, metrics, rank)
+    export_model(engine, cfg, rank, logger)
+    logger.close()
+    engine.destroy()  # ZeRO-3 aborts at interpreter exit without this
+    dist.barrier()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Move tensors; floating images/masks follow the training precision, ids and boxes' validity do not."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.is_floating_point():
+                value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def _global_mean(terms: dict[str, torch.Tensor], world: int, device: torch.device) -> dict[str, float]:
+    """Average every loss term over ranks: each rank holds its rows' share of the global loss."""
+    names = sorted(terms)
+    # On the training device: NCCL only reduces GPU tensors.
+    stacked = torch.stack([terms[name].detach().float().reshape(()) for name in names]).to(device)
+    if world > 1:
+        dist.all_reduce(stacked)
+        stacked /= world
+    return {name: float(value) for name, value in zip(names, stacked.cpu())}
+
+
+def worker_env(use_gpu: bool) -> dict[str, str]:
+    """Environment every training worker needs, set before DeepSpeed is imported there."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    for passthrough in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "MMCLIP_ID_SALT"):
+        if passthrough in os.environ:
+            env[passthrough] = os.environ[passthrough]
+    return env

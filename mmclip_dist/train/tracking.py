@@ -1,0 +1,107 @@
+"""MLflow tracking: one run per training job, created by the driver and continued by rank 0.
+
+The driver creates the run and logs the config before any worker starts; workers only receive the
+run id. A worker restored after a failure (or a ``--resume`` from a new driver) reads the run id from
+the checkpoint, so every attempt of one training job writes into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from mmclip_dist.config import Config, TrackingConfig, dump_config, flatten
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Anything that looks like a secret is never sent to MLflow, whatever section it sits in.
+_SECRET_KEY = re.compile(r"(secret|password|token|credential|access_key)", re.IGNORECASE)
+_MLFLOW_PARAM_MAX = 6000
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """Config value, else ``MLFLOW_TRACKING_URI``, else a sqlite file in the working directory."""
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def loggable_params(cfg: Config) -> dict[str, str]:
+    """Flattened config for ``log_params``: secrets dropped, credentials stripped from URLs."""
+    params: dict[str, str] = {}
+    for key, value in flatten(cfg).items():
+        if _SECRET_KEY.search(key):
+            continue
+        text = re.sub(r"//[^/@\s]+@", "//", str(value))  # scheme://user:pass@host -> scheme://host
+        params[key] = text[:_MLFLOW_PARAM_MAX]
+    return params
+
+
+def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """Create the MLflow run of a training job, log its config; return the run id."""
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking))
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    client = MlflowClient()
+    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags or {})
+    run_id = run.info.run_id
+    params = loggable_params(cfg)
+    items = list(params.items())
+    for start in range(0, len(items), 100):  # MLflow caps params per batch call
+        chunk = items[start : start + 100]
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
+    client.log_text(run_id, dump_config(cfg), "config.yaml")
+    return run_id
+
+
+class RunLogger:
+    """Rank-0 logger bound to one run; a no-op object on the other ranks keeps the loop free of ifs."""
+
+    def __init__(self, tracking_uri: str, run_id: str, enabled: bool, system_metrics: bool = True) -> None:
+        self.enabled = enabled
+        self.run_id = run_id
+        self._client = MlflowClient(tracking_uri) if enabled else None
+        self._system = None
+        if enabled and system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # resume_logging: a restored worker continues the system-metric steps instead of restarting at 0.
+            self._system = SystemMetricsMonitor(
+                run_id, sampling_interval=10, resume_logging=True, tracking_uri=tracking_uri
+            )
+            self._system.start()
+
+    def close(self) -> None:
+        if self._system is not None:
+            self._system.finish()
+            self._system = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        entities = [mlflow.entities.Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
+        self._client.log_batch(self.run_id, metrics=entities)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        if self.enabled:
+            self._client.set_tag(self.run_id, key, str(value))
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Close the run from the driver once the job (all attempts) is over."""
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
