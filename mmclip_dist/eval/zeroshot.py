@@ -25,16 +25,20 @@ VIEWS = ("cc", "mlo")
 def malignancy_prompts(view: str, label_source: str = "birads_proxy") -> dict[str, list[str]]:
     """Class name -> prompt ensemble for one view: benign (BI-RADS 2-3) vs malignant (BI-RADS 4-5)."""
     classes = {"benign": (0, (2, 3)), "malignant": (1, (4, 5))}
+    # Lesion positions in a unit breast (x0, y0, x1, y1): three bands x two depths, so the location
+    # phrase of the reports is averaged out rather than left blank (blank is out of distribution).
+    boxes = [(x, y, x + 0.1, y + 0.1) for x in (0.2, 0.5) for y in (0.1, 0.45, 0.8)]
     prompts: dict[str, list[str]] = {}
     for name, (malignant, birads_values) in classes.items():
         prompts[name] = [
             view_report(
-                laterality="L", view=view, density=density, birads=birads,
-                findings=[Finding(label=finding, box=None, birads=max(birads, 3))],
-                image_size=(1, 1), chest_wall="left", label_malignant=malignant, label_source=label_source,
+                laterality=laterality, view=view, density=density, birads=birads,
+                findings=[Finding(label=finding, box=box, birads=max(birads, 3))],
+                content=(0.0, 0.0, 1.0, 1.0), chest_wall="left", label_malignant=malignant,
+                label_source=label_source,
             )
-            for density, finding, birads in itertools.product(
-                "ABCD", ("Mass", "Suspicious Calcification"), birads_values
+            for laterality, density, finding, birads, box in itertools.product(
+                "LR", "ABCD", ("Mass", "Suspicious Calcification"), birads_values, boxes
             )
         ]
     return prompts

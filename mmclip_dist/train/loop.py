@@ -24,8 +24,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point: ``loop_config`` = {"config": Config dump, "mlflow_run_id", "tracking_uri"}."""
     import deepspeed  # after Ray has set DS_ACCELERATOR in this worker's environment
 
-    from mmclip_dist.losses import FeatureCache, MMCLIPLoss
-    from mmclip_dist.model import MMCLIP, load_tokenizer
+    from mmclip_dist.losses import MMCLIPLoss
+    from mmclip_dist.losses.feature_cache import FeatureCache
+    from mmclip_dist.model import MMCLIP
+    from mmclip_dist.model.tokenizer import load_tokenizer
     from mmclip_dist.train.deepspeed_config import build_deepspeed_config
     from mmclip_dist.train.export import export_model
 
@@ -45,7 +47,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logger = RunLogger(loop_config["tracking_uri"], state.mlflow_run_id, enabled=rank == 0)
     tokenizer = load_tokenizer(cfg.model)
     steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.batches_in_epoch)
-    cache = FeatureCache(MMCLIPLoss(cfg.loss))
+    cache = FeatureCache(MMCLIPLoss(cfg.loss), engine.module)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
 
@@ -60,7 +62,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         batch = next(steps)
         fetched = time.perf_counter()
         micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
-        terms = cache.step(micro_batches, forward=engine, model=engine.module, backward=backward)
+        terms = cache.step(micro_batches, forward=engine, backward=backward)
         done = time.perf_counter()
         state.step += 1
         state.epoch, state.batches_in_epoch = batch.epoch, batch.batches_in_epoch
