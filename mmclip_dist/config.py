@@ -50,6 +50,19 @@ class ShardsConfig(_Section):
     salt: str = Field("", description="secret salt for hashing ids; empty reads MMCLIP_ID_SALT")
     max_reject_fraction: float = Field(0.05, description="exit non-zero when more inputs than this are rejected")
     s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
+    birads_malignant_min: int = Field(
+        4, description="BI-RADS proxy (VinDr): breast BI-RADS >= this is labelled malignant"
+    )
+    birads_benign_max: int = Field(
+        3, description="BI-RADS proxy (VinDr): breast BI-RADS <= this is benign; in between is unknown (-1)"
+    )
+    test_fraction: float = Field(
+        0.0, description="datasets without an official split (RSNA, generic): patients hashed into 'test'"
+    )
+    report_rewriter: str = Field(
+        "", description="'module:attr' of a ReportRewriter that rewrites template reports (e.g. an LLM); '' = off"
+    )
+    resume: bool = Field(True, description="keep shards an interrupted build already committed and continue")
 
 
 class DataConfig(_Section):
@@ -63,6 +76,13 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(1000, description="samples held in the shuffle buffer of each loader worker")
     loader_workers: int = Field(2, description="DataLoader worker processes per training rank")
     epoch_samples: int = Field(0, description="samples per epoch across all ranks; 0 = one pass over the shards")
+    split_by_node: bool = Field(
+        True, description="give each rank x loader worker its own shards (needs >= that many); false: all resample all"
+    )
+    train_split: str = Field(
+        "train", description="shard name prefix ('{split}-NNNNNN.tar') read when train_shards is a folder"
+    )
+    eval_split: str = Field("test", description="shard name prefix read when eval_shards is a folder")
     s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
 
 
@@ -83,6 +103,9 @@ class ModelConfig(_Section):
     roi_match_heads: int = Field(8, description="attention heads of the RoI matching module")
     dropout: float = Field(0.1, description="dropout in the projection heads")
     init_temperature: float = Field(0.07, description="initial temperature of every learnable logit scale")
+    text_pooling: Literal["cls", "mean"] = Field(
+        "cls", description="text embedding from the [CLS] token or the mask-weighted mean of all tokens"
+    )
 
 
 class LossConfig(_Section):
@@ -94,6 +117,10 @@ class LossConfig(_Section):
     cross_view_lambda: float = Field(0.1, description="lambda: weight of the squared distance in Eq. 9")
     roi_chunk_size: int = Field(64, description="texts per chunk when scoring RoI matches; bounds memory")
     max_logit_scale: float = Field(100.0, description="clamp on exp(logit scale), as in CLIP")
+    roi_checkpoint: bool = Field(True, description="recompute each RoI-matching chunk in backward (bounded memory)")
+    clip_chunk_size: int = Field(
+        0, description="rows per chunk of the streamed global CLIP loss; 0 materialises the full logit matrix"
+    )
 
 
 class TrainConfig(_Section):
@@ -154,6 +181,31 @@ class EvalConfig(_Section):
     )
     batch_size: int = Field(16, description="breasts per evaluation batch")
     bootstrap: int = Field(1000, description="bootstrap resamples for 95% confidence intervals")
+    mode: Literal["zeroshot", "linear", "finetune"] = Field(
+        "linear", description="zero-shot prompts, linear probe on frozen features, or full visual fine-tune"
+    )
+    features: Literal["backbone", "embed"] = Field(
+        "backbone", description="probe features: pooled backbone map, or the global image embedding"
+    )
+    use_masks: bool = Field(
+        True, description="feed the shards' lesion masks to Region Focus (false: zero masks, as for unannotated images)"
+    )
+    val_fraction: float = Field(0.2, description="patients of the train split held out to pick hyper-parameters")
+    probe_c: list[float] = Field(
+        [0.001, 0.01, 0.1, 1.0, 10.0], description="inverse L2 strengths tried by the logistic-regression probe"
+    )
+    finetune_epochs: int = Field(3, description="fine-tune epochs; the best on validation is kept")
+    finetune_lr: float = Field(1e-4, description="AdamW learning rate of the fine-tune")
+    finetune_weight_decay: float = Field(1e-4, description="AdamW weight decay of the fine-tune")
+    finetune_max_gib: float = Field(8.0, description="refuse a fine-tune whose in-memory image cache exceeds this")
+    baselines: list[Literal["random", "imagenet"]] = Field(
+        ["random", "imagenet"], description="baselines scored with the same probe / fine-tune code"
+    )
+    imagenet_weights: str = Field(
+        "", description="ImageNet baseline backbone: '' skip it, 'timm' (cache/hub), or a timm checkpoint file"
+    )
+    seed: int = Field(0, description="seed of the validation split, baseline init and fine-tune")
+    experiment: str = Field("", description="MLflow experiment of eval runs; empty: '<tracking.experiment>-eval'")
 
 
 class Config(_Section):

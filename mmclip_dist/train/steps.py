@@ -48,7 +48,7 @@ def step_stream(
             if len(pending) == accumulation:
                 yield StepBatches(pending, epoch, position)
                 pending = []
-        if position == skip:
+        if position == skip and skip == 0:  # (a resume exactly at an epoch's end legitimately reads nothing)
             raise RuntimeError(
                 f"epoch {epoch} of {cfg.data.train_shards!r} gave rank {rank} no batches; "
                 "check data.epoch_samples and the shard count"

@@ -1,0 +1,120 @@
+"""CBIS-DDSM: mass and calcification case CSVs → one record per breast, boxes from the ROI masks.
+
+CSVs (any of them may be absent, at least one must exist): ``mass_case_description_{train,test}_set.csv``
+and ``calc_case_description_{train,test}_set.csv``; one row per abnormality. The two kinds spell the
+density column differently (``breast_density`` vs ``breast density``). ``pathology`` is biopsy-proven:
+MALIGNANT → 1, BENIGN / BENIGN_WITHOUT_CALLBACK → 0; a breast is malignant if any abnormality is.
+
+Paths in the CSVs are relative to the root (``<Mass|Calc>-<Training|Test>_P_xxxxx_<LEFT|RIGHT>_<CC|MLO>/
+<StudyUID>/<SeriesUID>/000000.dcm``). The ROI mask and the lesion crop share folders whose file order is
+unreliable, so every ``.dcm`` in the folders of both listed paths is a mask candidate; the builder picks
+the one whose size equals the image (or the largest, resized to the image grid) and takes the
+abnormality's box from the mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmclip_dist.data.adapters import AdapterError, BreastAssembler, check_files, parse_laterality, parse_view, read_csv
+from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
+
+if TYPE_CHECKING:
+    from mmclip_dist.config import ShardsConfig
+
+CSVS = {  # file → (abnormality label, split, density column)
+    "mass_case_description_train_set.csv": ("Mass", "train", "breast_density"),
+    "mass_case_description_test_set.csv": ("Mass", "test", "breast_density"),
+    "calc_case_description_train_set.csv": ("Calcification", "train", "breast density"),
+    "calc_case_description_test_set.csv": ("Calcification", "test", "breast density"),
+}
+COMMON = ("patient_id", "left or right breast", "image view", "abnormality id", "abnormality type", "assessment",
+          "pathology", "image file path", "cropped image file path", "ROI mask file path")
+PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
+DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
+
+
+def read(cfg: "ShardsConfig") -> AdapterResult:
+    """Read a CBIS-DDSM root folder (``cfg.input``) holding the case CSVs and the DICOM folders."""
+    root = Path(cfg.input)
+    present = [name for name in CSVS if (root / name).is_file()]
+    if not present:
+        raise AdapterError(f"{root}: none of the CBIS-DDSM case CSVs {sorted(CSVS)} found")
+    rejects: list[Reject] = []
+    assembler = BreastAssembler(cfg.missing_view)
+    images: dict[str, ViewRecord] = {}  # image path → its view record (abnormalities of one image merge)
+    for name in present:
+        kind, split, density_column = CSVS[name]
+        for source, row in read_csv(root / name, COMMON + (density_column,)):
+            laterality = parse_laterality(row["left or right breast"])
+            if laterality is None:
+                rejects.append(Reject(source, "bad_laterality", f"{row['left or right breast']!r} is not LEFT/RIGHT"))
+                continue
+            breast_id = f"{split}/{row['patient_id']}_{laterality}"
+            view = parse_view(row["image view"])
+            if view is None:
+                rejects.append(Reject(source, "bad_view", f"image view {row['image view']!r} is not CC or MLO"))
+                continue
+            label = PATHOLOGY.get(row["pathology"].upper())
+            density = DENSITY.get(row[density_column])
+            try:
+                assessment = int(row["assessment"]) if row["assessment"] else None
+            except ValueError:
+                assessment = -1
+            if label is None or density is None or (assessment is not None and not 0 <= assessment <= 6):
+                assembler.reject_breast(breast_id, Reject(
+                    source, "bad_label", f"pathology {row['pathology']!r}, density {row[density_column]!r}, "
+                                         f"assessment {row['assessment']!r}: not valid CBIS-DDSM values"))
+                continue
+            paths = [row["image file path"], row["cropped image file path"], row["ROI mask file path"]]
+            if not all(paths):
+                assembler.reject_breast(breast_id, Reject(source, "missing_file", "an image/crop/mask path is empty"))
+                continue
+            image_path = str(root / paths[0])
+            candidates = _candidates(root, paths[1], paths[2])
+            vrec = images.get(image_path)
+            if vrec is None:
+                vrec = images[image_path] = ViewRecord(path=image_path, source=source)
+                record = BreastRecord(
+                    dataset="cbis", breast_id=breast_id, patient_id=row["patient_id"], laterality=laterality,
+                    split=split, label_malignant=label, label_source="pathology", density=density, birads=assessment,
+                    views={}, source=source, extra={"raw_ids": [row["patient_id"]]},
+                )
+                assembler.add_view(record, view, vrec)
+            vrec.mask_candidates.append(candidates)
+            vrec.box_labels.append(kind)
+            vrec.finding_birads.append(assessment)
+            breast = assembler.breasts.get(breast_id)
+            if breast is not None:
+                # Breast-level values over all its abnormalities: malignant if any is, the highest assessment.
+                breast.label_malignant = max(breast.label_malignant, label)
+                if assessment is not None:
+                    breast.birads = max(breast.birads or 0, assessment)
+                breast.source = ",".join(sorted({*breast.source.split(","), source}))
+    records = assembler.finish()
+    rejects += assembler.rejects
+    records = check_files(records, rejects)
+    kept = []
+    for record in records:
+        maskless = [v for v in record.views.values()
+                    if not any(Path(p).exists() for group in v.mask_candidates for p in group)]
+        if maskless:
+            rejects.append(Reject(maskless[0].source, "missing_file", "no ROI mask file found for the image"))
+        else:
+            kept.append(record)
+    records = kept
+    return AdapterResult(records=records, rejects=rejects, label_source="pathology",
+                         inputs=len(records) + len(rejects))
+
+
+def _candidates(root: Path, crop_path: str, mask_path: str) -> list[str]:
+    """Every .dcm in the folders of the listed crop and mask (the listed names may point at each other)."""
+    out: list[str] = []
+    for listed in (mask_path, crop_path):
+        folder = (root / listed).parent
+        found = sorted(str(p) for p in folder.glob("*.dcm")) if folder.is_dir() else []
+        for path in found or [str(root / listed)]:
+            if path not in out:
+                out.append(path)
+    return out

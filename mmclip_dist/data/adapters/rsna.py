@@ -1,0 +1,96 @@
+"""RSNA Screening Mammography: ``train.csv`` → one record per breast (``<patient_id>_<L|R>``).
+
+Images are ``train_images/<patient_id>/<image_id>.dcm``. ``cancer`` (0/1, biopsy-confirmed within the
+screening episode) is used as the pathology label. Only CC and MLO are used: other projections (AT, LM,
+ML, LMO) and further CC/MLO images of the same breast are listed as unused images (``other_view`` /
+``duplicate_view``, not counted as lost data); the first CC and MLO in ``image_id`` order are kept.
+``train.csv`` has no split: ``shards.test_fraction`` of patients (by salted hash) go to "test".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmclip_dist.data.adapters import BreastAssembler, check_files, parse_laterality, parse_view, read_csv
+from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
+
+if TYPE_CHECKING:
+    from mmclip_dist.config import ShardsConfig
+
+CSV = "train.csv"
+COLUMNS = ("site_id", "patient_id", "image_id", "laterality", "view", "age", "cancer", "biopsy", "invasive",
+           "BIRADS", "implant", "density", "machine_id", "difficult_negative_case")
+DENSITIES = {"A", "B", "C", "D"}
+
+
+def read(cfg: "ShardsConfig") -> AdapterResult:
+    """Read an RSNA root folder (``cfg.input``) holding ``train.csv`` and ``train_images/``."""
+    root = Path(cfg.input)
+    rejects: list[Reject] = []
+    rows = list(read_csv(root / CSV, COLUMNS))
+    # Keep the first CC/MLO by image_id so "which duplicate wins" does not depend on CSV row order.
+    rows.sort(key=lambda item: (item[1]["patient_id"], item[1]["laterality"], _int_or_text(item[1]["image_id"])))
+    assembler = BreastAssembler(cfg.missing_view)
+    labels: dict[str, tuple[int, int | None, str | None]] = {}
+    seen_images: dict[tuple[str, str], str] = {}
+    for source, row in rows:
+        if not row["patient_id"] or not row["image_id"]:
+            rejects.append(Reject(source, "bad_id", "empty patient_id or image_id"))
+            continue
+        image_key = (row["patient_id"], row["image_id"])
+        if image_key in seen_images:
+            rejects.append(Reject(source, "duplicate_id", f"image_id already listed at {seen_images[image_key]}"))
+            continue
+        seen_images[image_key] = source
+        laterality = parse_laterality(row["laterality"])
+        if laterality is None:
+            rejects.append(Reject(source, "bad_laterality", f"laterality {row['laterality']!r} is not L or R"))
+            continue
+        breast_id = f"{row['patient_id']}_{laterality}"
+        view = parse_view(row["view"])
+        if view is None:
+            rejects.append(Reject(source, "other_view", f"view {row['view']!r} is not CC or MLO (unused)"))
+            continue
+        try:
+            cancer = int(row["cancer"])
+            if cancer not in (0, 1):
+                raise ValueError
+            birads = int(row["BIRADS"]) if row["BIRADS"] else None
+            if birads is not None and not 0 <= birads <= 6:
+                raise ValueError
+        except ValueError:
+            assembler.reject_breast(breast_id, Reject(
+                source, "bad_label", f"cancer {row['cancer']!r} / BIRADS {row['BIRADS']!r} are not valid values"))
+            continue
+        density = row["density"].upper() or None
+        if density is not None and density not in DENSITIES:
+            assembler.reject_breast(breast_id, Reject(source, "bad_label", f"density {row['density']!r} is not A-D"))
+            continue
+        if breast_id in labels and labels[breast_id][0] != cancer:
+            assembler.reject_breast(breast_id, Reject(
+                source, "inconsistent_breast_labels", "cancer differs between images of the same breast"))
+            continue
+        labels[breast_id] = (cancer, birads, density)
+        record = BreastRecord(
+            dataset="rsna", breast_id=breast_id, patient_id=row["patient_id"], laterality=laterality, split="",
+            label_malignant=cancer, label_source="pathology", density=density, birads=birads, views={},
+            source=source, extra={"raw_ids": [row["patient_id"]]},
+        )
+        path = root / "train_images" / row["patient_id"] / f"{row['image_id']}.dcm"
+        assembler.add_view(record, view, ViewRecord(path=str(path), source=source))
+        kept = assembler.breasts.get(breast_id)
+        if kept is not None:
+            kept.extra["raw_ids"].append(row["image_id"])
+            # The breast's density / BI-RADS: the first image that states one.
+            kept.density = kept.density or density
+            kept.birads = kept.birads if kept.birads is not None else birads
+    records = assembler.finish()
+    rejects += assembler.rejects
+    records = check_files(records, rejects)
+    return AdapterResult(records=records, rejects=rejects, label_source="pathology",
+                         inputs=len(records) + len(rejects))
+
+
+def _int_or_text(value: str) -> tuple[int, str]:
+    return (int(value), "") if value.isdigit() else (0, value)

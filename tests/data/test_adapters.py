@@ -1,0 +1,256 @@
+"""Dataset adapters on tiny look-alike CSVs: records, labels, boxes, and one named reject per bad input."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dataset_fixtures import finding, no_finding, vindr_rows, write_csv, write_vindr
+
+from mmclip_dist.config import ShardsConfig
+from mmclip_dist.data.adapters import AdapterError, read_dataset
+from mmclip_dist.data.adapters.vindr import birads_proxy, parse_birads, parse_categories, parse_density
+
+
+def _vindr_cfg(root: Path, **kw) -> ShardsConfig:
+    return ShardsConfig(dataset="vindr", input=str(root), **kw)
+
+
+def test_vindr_value_parsers() -> None:
+    assert parse_birads("BI-RADS 4") == 4
+    assert parse_birads("4A") == 4
+    assert parse_density("DENSITY C") == "C"
+    assert parse_density("") is None
+    assert parse_categories("['Suspicious Calcification', 'Mass']") == ["Suspicious Calcification", "Mass"]
+    assert parse_categories("Mass") == ["Mass"]
+    with pytest.raises(ValueError):
+        parse_birads("BI-RADS X")
+    with pytest.raises(ValueError):
+        parse_density("DENSITY E")
+
+
+@pytest.mark.parametrize(("birads", "mal_min", "ben_max", "expected"),
+                         [(5, 4, 3, 1), (4, 4, 3, 1), (3, 4, 3, 0), (1, 4, 3, 0), (4, 5, 2, -1), (3, 5, 2, -1),
+                          (2, 5, 2, 0)])
+def test_birads_proxy_thresholds(birads, mal_min, ben_max, expected) -> None:
+    assert birads_proxy(birads, mal_min, ben_max) == expected
+
+
+def test_vindr_good_study(tmp_path: Path) -> None:
+    rows = vindr_rows("s1") 
+    rows[2]["breast_birads"] = rows[3]["breast_birads"] = "BI-RADS 2"  # right breast benign
+    findings = [
+        finding(rows[0], (10.5, 12, 20, 22.25)),
+        finding(rows[0], (30, 5, 40, 15), "['Suspicious Calcification', 'Mass']", "BI-RADS 5"),
+        no_finding(rows[1]), no_finding(rows[2]), no_finding(rows[3]),
+    ]
+    result = read_dataset(_vindr_cfg(write_vindr(tmp_path, rows, findings)))
+    assert result.rejects == []
+    assert result.label_source == "birads_proxy"
+    by_id = {r.breast_id: r for r in result.records}
+    assert sorted(by_id) == ["s1_L", "s1_R"]
+    left = by_id["s1_L"]
+    assert (left.laterality, left.split, left.birads, left.density, left.label_malignant) == ("L", "train", 4, "B", 1)
+    assert left.views["cc"].boxes == [[10.5, 12.0, 20.0, 22.25], [30.0, 5.0, 40.0, 15.0]]
+    assert left.views["cc"].box_labels == ["Mass", "Suspicious Calcification, Mass"]
+    assert left.views["cc"].finding_birads == [4, 5]
+    assert left.views["mlo"].boxes == []
+    assert left.views["cc"].path == str(tmp_path / "images" / "s1" / "s1-LCC.dicom")
+    assert left.views["cc"].source == "breast-level_annotations.csv:2"
+    assert by_id["s1_R"].label_malignant == 0
+    # The raw ids are known so they can be scrubbed from any message.
+    assert {"s1", "s1-sL", "s1-LCC", "s1-LMLO"} <= set(left.raw_identifiers())
+
+
+def test_vindr_bad_inputs_become_named_rejects(tmp_path: Path) -> None:
+    s1 = vindr_rows("s1", lateralities="L")
+    s2 = vindr_rows("s2", lateralities="L", split="test")
+    s2[1]["view_position"] = "ML"  # unknown view → bad_view, then the breast lacks MLO → missing_view
+    s3 = vindr_rows("s3", lateralities="L")
+    s3[0]["laterality"] = "X"  # → bad_laterality (+ missing_view for the remaining MLO)
+    s4 = vindr_rows("s4", lateralities="L")
+    s5 = vindr_rows("s5", lateralities="L", birads="BI-RADS X")  # → bad_label
+    s6 = vindr_rows("s6", lateralities="L", split="validation")  # → bad_split
+    s7 = vindr_rows("s7", lateralities="L")  # a CC file is missing → missing_file
+    s8 = vindr_rows("s8", lateralities="L")
+    s8[1]["breast_birads"] = "BI-RADS 5"  # CC says 4, MLO says 5 → inconsistent_breast_labels
+    s9 = vindr_rows("s9", lateralities="L")
+    s9_dup_view = {**s9[0], "image_id": "s9-LCC2"}  # a second CC → duplicate_view (first kept)
+    dup_id = dict(s1[0])  # the same image_id listed twice → duplicate_id
+    rows = s1 + [dup_id] + s2 + s3 + s4 + s5 + s6 + s7 + s8 + s9 + [s9_dup_view]
+    findings = [no_finding(r) for r in s1 + s2 + s3 + s5 + s6 + s7 + s8 + s9]
+    findings.append(finding(s4[0], (20, 10, 10, 20)))  # x2 < x1 → inverted_box
+    findings.append(finding({**s1[0], "image_id": "ghost"}, (1, 1, 2, 2)))  # unknown image → orphan_finding
+    findings.append(finding(s1[0], ("a", 1, 2, 2)))  # not a number → bad_box
+    root = write_vindr(tmp_path, rows, findings)
+    (root / "images" / "s7" / "s7-LCC.dicom").unlink()
+
+    result = read_dataset(_vindr_cfg(root))
+    reasons = Counter(r.reason for r in result.rejects)
+    assert reasons == Counter({
+        "duplicate_id": 1, "bad_view": 1, "bad_laterality": 1, "missing_view": 2, "inverted_box": 1,
+        "bad_label": 1, "bad_split": 1, "missing_file": 1, "inconsistent_breast_labels": 1, "duplicate_view": 1,
+        "orphan_finding": 1, "bad_box": 1,
+    })
+    assert sorted(r.breast_id for r in result.records) == ["s9_L"]
+    # Every reject names the CSV file and line it came from.
+    dup = next(r for r in result.rejects if r.reason == "duplicate_id")
+    assert dup.source == "breast-level_annotations.csv:4"
+    assert "breast-level_annotations.csv:2" in dup.detail
+    orphan = next(r for r in result.rejects if r.reason == "orphan_finding")
+    assert orphan.source.startswith("finding_annotations.csv:")
+    assert all(":" in r.source for r in result.rejects)
+
+
+def test_vindr_missing_view_duplicate_policy(tmp_path: Path) -> None:
+    rows = vindr_rows("s1", lateralities="L")[:1]  # only the CC
+    root = write_vindr(tmp_path, rows, [no_finding(r) for r in rows])
+    assert [r.reason for r in read_dataset(_vindr_cfg(root)).rejects] == ["missing_view"]
+    result = read_dataset(_vindr_cfg(root, missing_view="duplicate"))
+    (record,) = result.records
+    assert record.views["mlo"].path == record.views["cc"].path
+    assert record.extra["duplicated_view"] == "mlo"
+
+
+def test_vindr_missing_column_is_fatal_and_named(tmp_path: Path) -> None:
+    rows = vindr_rows("s1", lateralities="L")
+    write_vindr(tmp_path, rows, [no_finding(r) for r in rows], images=False)
+    columns = [c for c in rows[0] if c != "view_position"]
+    write_csv(tmp_path / "breast-level_annotations.csv", columns, rows)
+    with pytest.raises(AdapterError, match=r"breast-level_annotations.csv: missing column\(s\) \['view_position'\]"):
+        read_dataset(_vindr_cfg(tmp_path))
+
+
+def test_vindr_missing_csv_is_fatal(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="breast-level_annotations.csv: file not found"):
+        read_dataset(_vindr_cfg(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ RSNA
+
+
+def _rsna_row(patient: str, image: str, lat: str, view: str, cancer: str = "0", **kw) -> dict:
+    return {"site_id": "1", "patient_id": patient, "image_id": image, "laterality": lat, "view": view, "age": "61",
+            "cancer": cancer, "biopsy": cancer, "invasive": "0", "BIRADS": kw.get("BIRADS", ""), "implant": "0",
+            "density": kw.get("density", ""), "machine_id": "49", "difficult_negative_case": "False"}
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_rsna_breasts_labels_and_extra_views(tmp_path: Path) -> None:
+    rows = [
+        _rsna_row("10006", "462822612", "L", "CC", density="B", BIRADS="2"),
+        _rsna_row("10006", "1459541791", "L", "MLO"),
+        _rsna_row("10006", "1864590858", "R", "MLO", cancer="1"),
+        _rsna_row("10006", "1874946579", "R", "CC", cancer="1"),
+        _rsna_row("10006", "999", "R", "CC", cancer="1"),  # a second CC: kept first by image_id → this one
+        _rsna_row("10006", "77", "R", "AT", cancer="1"),  # other projection: unused
+        _rsna_row("10011", "220375232", "L", "CC", cancer="2"),  # bad label
+        _rsna_row("10011", "270344397", "L", "MLO"),
+    ]
+    write_csv(tmp_path / "train.csv", list(rows[0]), rows)
+    for row in rows:
+        _touch(tmp_path / "train_images" / row["patient_id"] / f"{row['image_id']}.dcm")
+    result = read_dataset(ShardsConfig(dataset="rsna", input=str(tmp_path)))
+    by_id = {r.breast_id: r for r in result.records}
+    assert sorted(by_id) == ["10006_L", "10006_R"]
+    left, right = by_id["10006_L"], by_id["10006_R"]
+    assert (left.label_malignant, left.label_source, left.density, left.birads, left.split) == (0, "pathology", "B", 2, "")
+    assert right.label_malignant == 1
+    assert Path(right.views["cc"].path).name == "999.dcm"  # lowest image_id among the two CCs
+    assert Counter(r.reason for r in result.rejects) == Counter({"other_view": 1, "duplicate_view": 1,
+                                                                 "bad_label": 1})
+    assert not any(r.counts for r in result.rejects if r.reason in ("other_view", "duplicate_view"))
+
+
+# ------------------------------------------------------------------------------------------------ CBIS-DDSM
+
+
+def test_cbis_mass_and_calc_columns_merge_per_breast(tmp_path: Path) -> None:
+    from dataset_fixtures import CBIS_CALC_COLUMNS, CBIS_MASS_COLUMNS
+
+    def row(kind: str, patient: str, lat: str, view: str, abn: int, pathology: str, density_col: str) -> dict:
+        folder = f"{kind}-Training_P_{patient}_{lat}_{view}"
+        return {"patient_id": f"P_{patient}", density_col: "3", "left or right breast": lat, "image view": view,
+                "abnormality id": abn, "abnormality type": kind.lower(), "assessment": "4", "pathology": pathology,
+                "subtlety": "3", "image file path": f"{folder}/1.2.3/1.2.4/000000.dcm",
+                "cropped image file path": f"{folder}_{abn}/1.2.5/1.2.6/000000.dcm",
+                "ROI mask file path": f"{folder}_{abn}/1.2.5/1.2.6/000001.dcm"}
+
+    mass = [row("Mass", "00001", "LEFT", "CC", 1, "MALIGNANT", "breast_density"),
+            row("Mass", "00001", "LEFT", "MLO", 1, "MALIGNANT", "breast_density"),
+            row("Mass", "00001", "LEFT", "CC", 2, "BENIGN", "breast_density")]
+    calc = [row("Calc", "00002", "RIGHT", "CC", 1, "BENIGN_WITHOUT_CALLBACK", "breast density"),
+            row("Calc", "00002", "RIGHT", "MLO", 1, "BENIGN", "breast density"),
+            row("Calc", "00003", "RIGHT", "CC", 1, "MAYBE", "breast density")]
+    write_csv(tmp_path / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, mass)
+    write_csv(tmp_path / "calc_case_description_train_set.csv", CBIS_CALC_COLUMNS, calc)
+    for r in mass + calc:
+        for key in ("image file path", "cropped image file path", "ROI mask file path"):
+            _touch(tmp_path / r[key])
+    result = read_dataset(ShardsConfig(dataset="cbis", input=str(tmp_path)))
+    by_id = {r.breast_id: r for r in result.records}
+    assert sorted(by_id) == ["train/P_00001_L", "train/P_00002_R"]
+    p1 = by_id["train/P_00001_L"]
+    assert (p1.label_malignant, p1.label_source, p1.density, p1.birads) == (1, "pathology", "C", 4)
+    assert p1.views["cc"].box_labels == ["Mass", "Mass"]  # two abnormalities on one image
+    assert len(p1.views["cc"].mask_candidates) == 2
+    # Both files of the abnormality folder are candidates, whatever the CSV says is crop or mask.
+    assert [Path(p).name for p in p1.views["cc"].mask_candidates[0]] == ["000000.dcm", "000001.dcm"]
+    assert by_id["train/P_00002_R"].label_malignant == 0
+    assert by_id["train/P_00002_R"].views["mlo"].box_labels == ["Calcification"]
+    assert [r.reason for r in result.rejects] == ["bad_label"]
+
+
+def test_cbis_without_csvs_is_fatal(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="CBIS-DDSM case CSVs"):
+        read_dataset(ShardsConfig(dataset="cbis", input=str(tmp_path)))
+
+
+# ------------------------------------------------------------------------------------------------ generic
+
+
+GENERIC_COLUMNS = ["patient_id", "image_path", "laterality", "view", "label", "split", "density", "boxes",
+                   "box_labels", "mask_path", "report"]
+
+
+def test_generic_csv(tmp_path: Path) -> None:
+    rows = [
+        {"patient_id": "p1", "image_path": "img/p1_lcc.dcm", "laterality": "LEFT", "view": "cc", "label": "malignant",
+         "split": "train", "density": "c", "boxes": "[[1, 2, 10, 12]]", "box_labels": '["Mass"]',
+         "mask_path": "img/p1_lcc_mask.png", "report": "Projection Position: LCC\nFree text."},
+        {"patient_id": "p1", "image_path": "img/p1_lmlo.dcm", "laterality": "L", "view": "MLO", "label": "1",
+         "split": "train"},
+        {"patient_id": "p2", "image_path": "img/p2_rcc.dcm", "laterality": "R", "view": "CC", "label": "yes"},
+        {"patient_id": "p2", "image_path": "img/p2_rmlo.dcm", "laterality": "R", "view": "MLO", "label": "0",
+         "boxes": "[[5, 5, 1, 9]]"},
+        {"patient_id": "p3", "image_path": "img/p3_rcc.dcm", "laterality": "R", "view": "CC", "label": "0",
+         "boxes": "[[1, 1, 2, 2]]", "box_labels": '["a", "b"]'},
+        {"patient_id": "p4", "image_path": "img/p4_rcc.dcm", "laterality": "R", "view": "CC", "label": "0",
+         "boxes": "[[5, 5, 1, 9]]"},
+        {"patient_id": "p5", "image_path": "img/p5_rcc.dcm", "laterality": "R", "view": "CC", "label": "0"},
+    ]
+    csv_path = write_csv(tmp_path / "set.csv", GENERIC_COLUMNS, rows)
+    for row in rows:
+        _touch(tmp_path / row["image_path"])
+    result = read_dataset(ShardsConfig(dataset="generic", input=str(csv_path)))
+    (record,) = result.records
+    assert (record.breast_id, record.label_malignant, record.density, record.split) == ("p1_L", 1, "C", "train")
+    cc = record.views["cc"]
+    assert cc.boxes == [[1.0, 2.0, 10.0, 12.0]] and cc.box_labels == ["Mass"]
+    assert cc.mask_path == str(tmp_path / "img/p1_lcc_mask.png")
+    assert cc.report == "Projection Position: LCC\nFree text."
+    assert record.views["mlo"].report is None
+    # One reject per breast: p2's MLO (inverted box) is absorbed by the reject of its CC (bad label).
+    assert Counter(r.reason for r in result.rejects) == Counter({"bad_label": 1, "bad_box": 1, "inverted_box": 1,
+                                                                 "missing_view": 1})
+
+
+def test_generic_missing_column(tmp_path: Path) -> None:
+    csv_path = write_csv(tmp_path / "set.csv", ["patient_id", "image_path", "laterality", "view"], [])
+    with pytest.raises(AdapterError, match=r"set.csv: missing column\(s\) \['label'\]"):
+        read_dataset(ShardsConfig(dataset="generic", input=str(csv_path)))
