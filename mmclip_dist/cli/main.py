@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules under mmclip_dist.cli that each provide a sub-command; imported lazily so `--help`
@@ -30,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports Ray: without it Ray swaps a 127.0.0.1 node IP for the host's routable
+    # address and binds its servers on all interfaces (docs/operations.md). No effect on cluster
+    # nodes, whose IPs are not loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume:
         cfg.train.resume = True
+    connect_ray(cfg)  # first: Ray must be configured before anything imports it
     from mmclip_dist.train.trainer import run_training
 
-    connect_ray(cfg)
     result = run_training(cfg)
     print(f"MLflow run {result.mlflow_run_id} ({result.tracking_uri}); model exported to {result.export_dir}")
     return 0
