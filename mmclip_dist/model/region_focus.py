@@ -1,0 +1,50 @@
+"""Region Focus Module (paper Fig. 4, the xi of Eq. 1): image and lesion mask -> backbone input.
+
+The one-channel mammogram and its one-channel lesion mask each go through a 1x1 convolution to
+``C = 3`` channels and the two are added element-wise. Three output channels (not one) so that any
+ImageNet-pretrained timm stem applies unchanged: no stem surgery, the pretrained first convolution
+sees the channel layout it was trained on.
+
+Initialisation keeps a pretrained backbone's behaviour at step 0: the image branch is set to the
+backbone's own input normalisation, ``(x - mean_c) / std_c`` per output channel (a grayscale image
+replicated into RGB, normalised as the backbone expects), and the mask branch starts at zero, so the
+mask's influence is learnt from there (its weight still receives gradient, ``d/dW = sum(grad * mask)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class RegionFocus(nn.Module):
+    """``xi(I, M) = conv1x1(I) + conv1x1(M)``, both ``[N, 1, H, W] -> [N, out_channels, H, W]``."""
+
+    def __init__(
+        self,
+        out_channels: int = 3,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        super().__init__()
+        if len(mean) != out_channels or len(std) != out_channels:
+            raise ValueError(f"mean/std need {out_channels} entries, got {len(mean)} and {len(std)}")
+        self.image_conv = nn.Conv2d(1, out_channels, kernel_size=1)
+        self.mask_conv = nn.Conv2d(1, out_channels, kernel_size=1)
+        with torch.no_grad():
+            std_t = torch.tensor([float(s) for s in std])
+            mean_t = torch.tensor([float(m) for m in mean])
+            self.image_conv.weight.copy_((1.0 / std_t).view(out_channels, 1, 1, 1))
+            self.image_conv.bias.copy_(-mean_t / std_t)
+            self.mask_conv.weight.zero_()
+            self.mask_conv.bias.zero_()
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if image.shape != mask.shape or image.dim() != 4 or image.shape[1] != 1:
+            raise ValueError(
+                f"RegionFocus expects image and mask of equal shape [N, 1, H, W], got "
+                f"{tuple(image.shape)} and {tuple(mask.shape)}"
+            )
+        return self.image_conv(image) + self.mask_conv(mask)

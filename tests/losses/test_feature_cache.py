@@ -1,0 +1,87 @@
+"""Feature cache: 4 micro-batches == one full contrastive batch, in loss and gradients, dropout active."""
+
+import copy
+
+import pytest
+import torch
+
+from mmclip_dist.config import LossConfig, ModelConfig
+from mmclip_dist.losses import MMCLIPLoss
+from mmclip_dist.losses.feature_cache import FeatureCache
+from mmclip_dist.model import MMCLIP, MMCLIPOutput
+from mmclip_dist.model.debug import random_batch
+
+VALID = [[1, 0], [2, 3], [0, 0], [1, 1], [0, 2], [3, 1], [1, 0], [0, 1]]
+
+
+@pytest.fixture()
+def setup(tiny_cfg: ModelConfig):
+    torch.manual_seed(0)
+    model = MMCLIP.from_config(tiny_cfg.model_copy(update={"dropout": 0.2}))
+    batch = random_batch(8, (64, 48), max_rois=3, text_len=10, valid_rois=VALID, seed=3)
+    micro = [{k: v[i : i + 2] for k, v in batch.items()} for i in range(0, 8, 2)]
+    return model, batch, micro, MMCLIPLoss(LossConfig(roi_chunk_size=3))
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _close(a: dict, b: dict, rel: float = 1e-5) -> None:
+    total = torch.sqrt(sum(g.pow(2).sum() for g in b.values()))
+    for name in b:
+        # The floor only matters for gradients that are 0 in exact arithmetic (softmax shift invariance).
+        assert (a[name] - b[name]).norm() <= rel * b[name].norm() + 1e-6 * total, name
+
+
+def test_four_micro_batches_equal_the_full_batch_with_dropout(setup) -> None:
+    model, _, micro, loss_fn = setup
+    model.train()
+    initial = copy.deepcopy(model.state_dict())
+
+    # Reference: the whole accumulated batch in one graph (each micro-batch forwarded in turn, so the
+    # dropout masks and BatchNorm batch statistics are those a micro-batch sees), one loss, one backward.
+    torch.manual_seed(11)
+    ref_terms = loss_fn(MMCLIPOutput.cat([model(mb) for mb in micro]), model)
+    ref_terms["loss"].backward()
+    ref_grads, ref_buffers, ref_rng = _grads(model), copy.deepcopy(dict(model.named_buffers())), torch.get_rng_state()
+
+    model.load_state_dict(initial)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(11)
+    calls = []
+    terms = FeatureCache(loss_fn, model).step(micro, model, lambda t: (calls.append(t.shape), t.backward()))
+    assert len(calls) == 4  # one backward per micro-batch, activations of one micro-batch at a time
+    assert float(terms["loss"]) == pytest.approx(float(ref_terms["loss"].detach()), rel=1e-6)
+    for key in ("loss_global", "loss_roi", "loss_cross_view", "roi_scale_mlo"):
+        assert float(terms[key]) == pytest.approx(float(ref_terms[key].detach()), rel=1e-6)
+    _close(_grads(model), ref_grads)
+    assert model.logit_scales.log_scale.grad.abs().sum() > 0 and model.roi_matcher.q_proj.weight.grad.abs().sum() > 0
+    # BatchNorm running statistics updated once per micro-batch (not twice), RNG left where it would be.
+    for name, buf in model.named_buffers():
+        assert torch.equal(buf, ref_buffers[name]), name
+    assert torch.equal(torch.get_rng_state(), ref_rng)
+
+
+def test_dropout_is_really_active(setup) -> None:
+    model, _, micro, _ = setup
+    model.train()
+    torch.manual_seed(1)
+    a = model(micro[0]).text_embed
+    torch.manual_seed(2)
+    b = model(micro[0]).text_embed
+    assert not torch.allclose(a, b)
+
+
+def test_micro_batches_equal_one_forward_of_the_whole_batch_in_eval(setup) -> None:
+    # Without dropout and with BatchNorm on running statistics a sample's features do not depend on
+    # its batch, so the cache must equal a single forward + backward of the full batch.
+    model, batch, micro, loss_fn = setup
+    model.eval()
+    ref = loss_fn(model(batch), model)
+    ref["loss"].backward()
+    ref_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    terms = FeatureCache(loss_fn, model).step(micro, model, lambda t: t.backward())
+    assert float(terms["loss"]) == pytest.approx(float(ref["loss"].detach()), rel=1e-5)
+    _close(_grads(model), ref_grads, rel=1e-4)

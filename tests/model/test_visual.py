@@ -1,0 +1,64 @@
+"""Visual encoder: timm backbones by name, weights from a file, RoIAlign through the backbone stride."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from mmclip_dist.model.visual import VisualEncoder, create_backbone
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b2", "efficientnet_b4", "test_resnet"])
+def test_paper_backbones_build_and_run(name: str) -> None:
+    enc = VisualEncoder(name, embed_dim=8, roi_dim=6, roi_output_size=2).eval()
+    assert enc.stride == 32
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0], [8.0, 16.0, 40.0, 60.0]]]).repeat(2, 1, 1)
+    valid = torch.tensor([[True, False], [True, True]])
+    with torch.no_grad():
+        glob, roi = enc(torch.rand(2, 3, 64, 48), boxes, valid)
+    assert glob.shape == (2, 8) and roi.shape == (2, 2, 6)
+    assert torch.all(roi[0, 1] == 0) and roi[1, 1].abs().sum() > 0
+
+
+def _coordinate_maps() -> torch.Tensor:
+    # Two images; channel 0 holds the x index of each cell, channel 1 the y index.
+    ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(10.0), indexing="ij")
+    one = torch.stack([xs, ys])
+    return torch.stack([one, one + 100.0])
+
+
+def test_roi_align_maps_input_pixel_boxes_through_the_stride() -> None:
+    enc = VisualEncoder("test_resnet", embed_dim=4, roi_dim=4, roi_output_size=7)
+    fmap = _coordinate_maps()
+    # Box x in [64, 192] px, y in [32, 160] px; stride 32 and aligned=True (pixel centres) put it at
+    # feature x in [1.5, 5.5], y in [0.5, 4.5]. Bilinear sampling of a linear map averages to the centre.
+    boxes = torch.tensor([[[64.0, 32.0, 192.0, 160.0]], [[96.0, 64.0, 160.0, 128.0]]])
+    pooled = enc.roi_pool(fmap, boxes)
+    assert pooled.shape == (2, 1, 2)
+    assert torch.allclose(pooled[0, 0], torch.tensor([3.5, 2.5]), atol=1e-5)
+    # Second image (batch index 1, values +100): x in [2.5, 4.5], y in [1.5, 3.5].
+    assert torch.allclose(pooled[1, 0], torch.tensor([103.5, 102.5]), atol=1e-5)
+
+
+def test_roi_pool_without_rois() -> None:
+    enc = VisualEncoder("test_resnet", embed_dim=4, roi_dim=4)
+    assert enc.roi_pool(_coordinate_maps(), torch.zeros(2, 0, 4)).shape == (2, 0, 2)
+
+
+def test_backbone_weights_from_a_checkpoint_file(tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    source = timm.create_model("test_resnet", pretrained=False)
+    path = tmp_path / "test_resnet.pth"
+    torch.save(source.state_dict(), path)
+    loaded = create_backbone("test_resnet", str(path))
+    random = create_backbone("test_resnet", "")
+    key = next(k for k in loaded.state_dict() if k.endswith("weight"))  # the stem convolution
+    ref = source.state_dict()[key]
+    assert torch.equal(loaded.state_dict()[key], ref)
+    assert not torch.equal(random.state_dict()[key], ref)
+
+
+def test_missing_weight_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="backbone_weights"):
+        create_backbone("test_resnet", str(tmp_path / "nope.pth"))
