@@ -29,6 +29,10 @@ class SyntheticConfig(_Section):
     test_fraction: float = Field(0.25, description="fraction of patients put in the VinDr 'test' split")
     normal_fraction: float = Field(0.0, description="fraction of breasts generated without any lesion")
     seed: int = Field(0, description="random seed; the same seed gives byte-identical DICOMs and CSVs")
+    text_hidden: int = Field(128, description="hidden size of the debug BERT that stands in for Bio_ClinicalBERT")
+    text_layers: int = Field(2, description="transformer layers of the debug BERT")
+    text_vocab: int = Field(1000, description="WordPiece vocabulary trained on the debug report corpus")
+    mlm_steps: int = Field(0, description="masked-LM pretraining steps of the debug BERT (0: random init)")
 
 
 class ShardsConfig(_Section):

@@ -73,6 +73,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     from mmclip_dist.data.synthetic import generate_vindr_dataset
     from mmclip_dist.eval.zeroshot import zero_shot_malignancy
     from mmclip_dist.model import MMCLIP
+    from mmclip_dist.model.text_pretrain import pretrain_mlm
     from mmclip_dist.model.tokenizer import build_text_encoder_folder, train_wordpiece_tokenizer
     from mmclip_dist.train.tracking import RunLogger
     from mmclip_dist.train.trainer import run_training
@@ -96,10 +97,18 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     log(f"[2/5] shards: {built.samples} samples in {len(built.shards)} shards, {len(built.rejects)} rejects")
 
     train_shards = [Path(p) for p in list_shards(cfg.data.train_shards, split=cfg.data.train_split)]
-    tokenizer = train_wordpiece_tokenizer(training_reports(train_shards), Path(cfg.model.text_encoder), vocab_size=1000)
-    build_text_encoder_folder(Path(cfg.model.text_encoder), tokenizer, hidden_size=128, layers=2, heads=4)
+    reports = training_reports(train_shards)
+    syn = cfg.synthetic
+    tokenizer = train_wordpiece_tokenizer(reports, Path(cfg.model.text_encoder), vocab_size=syn.text_vocab)
+    build_text_encoder_folder(
+        Path(cfg.model.text_encoder), tokenizer, hidden_size=syn.text_hidden, layers=syn.text_layers,
+        heads=max(1, syn.text_hidden // 32),
+    )
+    mlm_loss = pretrain_mlm(cfg.model.text_encoder, reports, steps=syn.mlm_steps) if syn.mlm_steps else float("nan")
     lap("text_encoder")
-    log(f"[3/5] WordPiece tokenizer ({len(tokenizer)} tokens) and a 2-layer BERT in {cfg.model.text_encoder}")
+    pretrained = f"MLM-pretrained on the train reports (loss {mlm_loss:.3f})" if syn.mlm_steps else "random init"
+    log(f"[3/5] WordPiece tokenizer ({len(tokenizer)} tokens) and a {syn.text_layers}-layer BERT "
+        f"({pretrained}) in {cfg.model.text_encoder}")
 
     result = run_training(cfg)
     lap("train")

@@ -347,8 +347,9 @@ def _make_lesion(rng: np.random.Generator, kind: str, malignant: bool, geometry:
     area = _breast_area_estimate(geometry["CC"])
     amplitude = float(rng.uniform(520.0, 680.0))
     if kind == "mass":
-        # Core sized so that the rendered lesion (core plus spicules) covers 1-5% of the breast.
-        fraction = rng.uniform(0.014, 0.022) if malignant else rng.uniform(0.016, 0.032)
+        # Core sized so that the rendered lesion (core plus spicules) covers 1-5% of the breast, towards
+        # the upper end so the margin (the benign/malignant cue) survives the debug mode's downscaling.
+        fraction = rng.uniform(0.02, 0.03) if malignant else rng.uniform(0.025, 0.042)
         aspect = 1.0 if malignant else float(rng.uniform(0.65, 1.0))
         radius = math.sqrt(fraction * area / (math.pi * aspect))
         lesion = _Lesion("mass", malignant, radius, aspect, float(rng.uniform(0, math.pi)), amplitude=amplitude)
@@ -363,7 +364,7 @@ def _make_lesion(rng: np.random.Generator, kind: str, malignant: bool, geometry:
             ]
         return lesion
 
-    fraction = rng.uniform(0.015, 0.03)
+    fraction = rng.uniform(0.025, 0.042)
     radius = math.sqrt(fraction * area / math.pi)
     lesion = _Lesion("calcification", malignant, radius, amplitude=float(rng.uniform(1500.0, 1800.0)))
     if malignant:

@@ -197,16 +197,15 @@ def zero_shot_view_probs(
     """
     model.eval()
     device = next(model.parameters()).device
-    # Per-view class embeddings: the prompts say "Projection Position: LCC" vs "LMLO".
-    classes = torch.stack([class_embeddings(model, tokenizer, p, max_len) for p in view_prompts])
-    scales = model.logit_scales()[:2].float()  # alpha_0 (CC), alpha_1 (MLO) of Eq. 4
+    # Per-view prompts: they say "Projection Position: LCC" vs "LMLO".
+    prompts = [encode_prompts(model, tokenizer, p, max_len) for p in view_prompts]
     keys: list[str] = []
     probs: list[np.ndarray] = []
     for batch in batches:
         masks = batch["masks"] if use_masks else torch.zeros_like(batch["masks"])
-        out = model.encode_image(batch["images"].to(device), masks.to(device), batch["boxes"].to(device),
-                                 batch["box_valid"].to(device))
-        logits = torch.einsum("bvd,vcd->bvc", out.image_embed.float(), classes) * scales[None, :, None]
+        image = model.encode_image(batch["images"].to(device), masks.to(device), batch["boxes"].to(device),
+                                   batch["box_valid"].to(device))
+        logits = torch.stack([view_logits(model, image, prompts[v], v) for v in range(len(view_prompts))], dim=1)
         probs.append(logits.softmax(-1).cpu().numpy())
         keys.extend(batch["keys"])
         if on_batch is not None:

@@ -85,3 +85,29 @@ def test_micro_batches_equal_one_forward_of_the_whole_batch_in_eval(setup) -> No
     terms = FeatureCache(loss_fn, model).step(micro, model, lambda t: t.backward())
     assert float(terms["loss"]) == pytest.approx(float(ref["loss"].detach()), rel=1e-5)
     _close(_grads(model), ref_grads, rel=1e-4)
+
+
+def test_one_micro_batch_is_one_plain_forward_and_backward(setup) -> None:
+    model, batch, _, loss_fn = setup
+    model.train()
+    initial = copy.deepcopy(model.state_dict())
+    torch.manual_seed(5)
+    ref_terms = loss_fn(model(batch), model)
+    ref_terms["loss"].backward()
+    ref_grads, ref_buffers = _grads(model), copy.deepcopy(dict(model.named_buffers()))
+
+    model.load_state_dict(initial)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    forwards = []
+
+    def forward(mb):
+        forwards.append(mb["images"].shape[0])
+        return model(mb)
+
+    terms = FeatureCache(loss_fn, model).step([batch], forward, lambda t: t.backward())
+    assert forwards == [8]  # no separate no-grad embedding pass, no replay
+    assert float(terms["loss"]) == float(ref_terms["loss"].detach())
+    _close(_grads(model), ref_grads, rel=0.0)
+    for name, buf in model.named_buffers():
+        assert torch.equal(buf, ref_buffers[name]), name
