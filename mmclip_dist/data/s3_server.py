@@ -20,17 +20,18 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 import boto3
 from botocore.config import Config as BotoConfig
+
+from mmclip_dist.net import free_loopback_ports
 
 # Names of every port the process opens; each gets its own free loopback port so that parallel test sessions
 # on one machine never collide and nothing listens on a public interface.
@@ -49,19 +50,11 @@ def find_weed() -> str:
     return found
 
 
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _free_ports(count: int, first: int | None) -> list[int]:
-    ports: list[int] = [] if first is None else [first]
-    while len(ports) < count:
-        port = _free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
+    """``count`` loopback ports, starting with the one the caller asked for (if any)."""
+    if first is None:
+        return free_loopback_ports(count)
+    return [first, *[p for p in free_loopback_ports(count) if p != first][: count - 1]]
 
 
 class LocalS3Server:

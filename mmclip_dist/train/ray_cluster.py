@@ -39,7 +39,8 @@ from typing import Any
 
 import psutil
 
-LOOPBACK = "127.0.0.1"
+from mmclip_dist.net import LOOPBACK, free_loopback_ports
+
 # Set on every process a LocalRayCluster starts; Ray workers inherit it from their raylet, so
 # stop() can find (and kill) exactly this cluster's processes, even ones orphaned by a dead raylet.
 _MARKER_ENV = "MMCLIP_RAY_CLUSTER_ID"
@@ -62,20 +63,6 @@ def ray_env_for_loopback(auth_token: str | None = None) -> dict[str, str]:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN"] = auth_token
     return env
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (all held open together, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _metrics_port_env() -> dict[str, str]:
