@@ -2,6 +2,7 @@
 
 Read it top to bottom: build → restore → for each step: fetch micro-batches, feature-cache step
 (forward all, loss over the global batch, replay + backward), log, checkpoint → export.
+``hooks`` are test hooks (``mmclip_dist.train.hooks``), inert unless their env variables are set.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from mmclip_dist.config import Config
+from mmclip_dist.train.hooks import HOOK_ENVS, StepHooks
 from mmclip_dist.train.state import TrainState, restore, save_and_report
 from mmclip_dist.train.steps import step_stream
 from mmclip_dist.train.tracking import RunLogger
@@ -50,6 +52,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cache = FeatureCache(MMCLIPLoss(cfg.loss), engine.module)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
+    hooks = StepHooks(rank, state.step)
 
     def backward(surrogate: torch.Tensor) -> None:
         # The cache hands us gradients of the *global* loss, so DeepSpeed must not divide by GAS again;
@@ -59,7 +62,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     while state.step < cfg.train.max_steps:
         started = time.perf_counter()
-        batch = next(steps)
+        with torch.random.fork_rng(devices=[]):
+            # The DataLoader draws a seed from the global RNG per epoch; kept out of it, the dropout
+            # stream depends only on the step, so a resumed run draws the masks an uninterrupted one does.
+            batch = next(steps)
         fetched = time.perf_counter()
         micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
         terms = cache.step(micro_batches, forward=engine, backward=backward)
@@ -78,7 +84,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         every = cfg.train.checkpoint_every
         if (every and state.step % every == 0) or state.step == cfg.train.max_steps:
             save_and_report(engine, state, metrics, rank)
-    export_model(engine, cfg, rank, logger)
+        if hooks.after_step(state.step):
+            break  # a test ending the job after this checkpoint, like a preemption: no export
+    else:
+        export_model(engine, cfg, rank, logger)
     logger.close()
     engine.destroy()  # ZeRO-3 aborts at interpreter exit without this
     dist.barrier()
@@ -112,7 +121,7 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
-    for passthrough in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "MMCLIP_ID_SALT"):
+    for passthrough in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "MMCLIP_ID_SALT", *HOOK_ENVS):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     return env

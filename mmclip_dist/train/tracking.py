@@ -40,14 +40,17 @@ def loggable_params(cfg: Config) -> dict[str, str]:
 
 
 def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> str:
-    """Create the MLflow run of a training job, log its config; return the run id."""
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking))
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
-    client = MlflowClient()
-    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags or {})
+    """Create the MLflow run of a training job, log its config; return the run id.
+
+    Uses a client bound to the URI rather than MLflow's process-global tracking URI and experiment, so
+    starting a run never changes where other code in the same process logs.
+    """
+    client = MlflowClient(resolve_tracking_uri(cfg.tracking))
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
     run_id = run.info.run_id
-    params = loggable_params(cfg)
-    items = list(params.items())
+    items = list(loggable_params(cfg).items())
     for start in range(0, len(items), 100):  # MLflow caps params per batch call
         chunk = items[start : start + 100]
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
@@ -105,3 +108,8 @@ def _now_ms() -> int:
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Close the run from the driver once the job (all attempts) is over."""
     MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """Mark the run of a resumed job RUNNING again; the driver that stopped earlier had closed it."""
+    MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")

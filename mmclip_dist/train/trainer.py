@@ -20,7 +20,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from mmclip_dist.config import Config
 from mmclip_dist.train.loop import train_worker, worker_env
 from mmclip_dist.train.state import STATE_FILE, TrainState
-from mmclip_dist.train.tracking import finish_run, resolve_tracking_uri, start_run
+from mmclip_dist.train.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
 
 
 @dataclass
@@ -72,7 +72,11 @@ def run_training(cfg: Config) -> TrainResult:
         cfg = cfg.model_copy(deep=True)
         cfg.train.export_dir = posixpath.join(train.storage_path.rstrip("/"), train.run_name, "model")
     tracking_uri = resolve_tracking_uri(cfg.tracking)
-    run_id = previous.mlflow_run_id if previous else start_run(cfg, train.run_name, {"ray_run": train.run_name})
+    if previous is not None:
+        run_id = previous.mlflow_run_id
+        reopen_run(tracking_uri, run_id)
+    else:
+        run_id = start_run(cfg, train.run_name, {"ray_run": train.run_name})
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking_uri},

@@ -1,0 +1,67 @@
+"""Test hooks of the training loop, each off unless its environment variable is set.
+
+Fault-tolerance tests need to see and steer real workers from outside Ray:
+
+* ``MMCLIP_TEST_PID_DIR``: every worker appends one JSON line per event to ``<dir>/rank<r>.jsonl``:
+  ``{"event": "start"|"step", "rank", "pid", "node_id", "step", "time"}`` ("start" carries the step the
+  worker resumed from), so a test can SIGKILL a worker by PID and check which node each rank ran on.
+* ``MMCLIP_TEST_STEP_SLEEP``: seconds to sleep after each step, so a test can act while a run is mid-way.
+* ``MMCLIP_TEST_STOP_AFTER_STEP``: end the job after this step's checkpoint, without the export, as if it
+  were preempted; ``--resume`` then continues it with the same ``train.max_steps`` (same lr schedule).
+
+The trainer forwards these variables to the workers (``loop.worker_env``); production never sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+PID_DIR_ENV = "MMCLIP_TEST_PID_DIR"
+STEP_SLEEP_ENV = "MMCLIP_TEST_STEP_SLEEP"
+STOP_AFTER_ENV = "MMCLIP_TEST_STOP_AFTER_STEP"
+HOOK_ENVS = (PID_DIR_ENV, STEP_SLEEP_ENV, STOP_AFTER_ENV)
+
+
+class StepHooks:
+    """The hooks of one worker, read from its environment once."""
+
+    def __init__(self, rank: int, start_step: int) -> None:
+        self.rank = rank
+        pid_dir = os.environ.get(PID_DIR_ENV)
+        self.log_path = Path(pid_dir) / f"rank{rank}.jsonl" if pid_dir else None
+        self.sleep_s = float(os.environ.get(STEP_SLEEP_ENV) or 0)
+        stop = os.environ.get(STOP_AFTER_ENV)
+        self.stop_after = int(stop) if stop else None
+        self._record("start", start_step)
+
+    def after_step(self, step: int) -> bool:
+        """Record and pace the step; True when the job must end here."""
+        self._record("step", step)
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return self.stop_after is not None and step >= self.stop_after
+
+    def _record(self, event: str, step: int) -> None:
+        if self.log_path is None:
+            return
+        import ray
+
+        line = {
+            "event": event, "rank": self.rank, "pid": os.getpid(), "step": step, "time": time.time(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as handle:  # one short write per line: readers never see half a line
+            handle.write(json.dumps(line) + "\n")
+
+
+def read_events(pid_dir: str | Path, rank: int) -> list[dict]:
+    """The events a rank has recorded so far (complete lines only)."""
+    path = Path(pid_dir) / f"rank{rank}.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n")]
