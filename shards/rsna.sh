@@ -5,12 +5,4 @@
 # Ids are hashed with a secret salt: export MMCLIP_ID_SALT (keep it the same for every rebuild).
 # No official split: shards.test_fraction=0.1 (say) hashes that share of patients into 'test'.
 # An interrupted build resumes where it stopped when run again with the same arguments.
-set -euo pipefail
-if [ $# -lt 2 ]; then
-  sed -n '2,8p' "$0" >&2
-  exit 2
-fi
-input=$1 output=$2
-shift 2
-cd "$(dirname "$0")/.."
-exec .venv/bin/mmclip-dist shards build "$@" shards.dataset=rsna "shards.input=$input" "shards.output=$output"
+exec "$(dirname "$0")/_build.sh" rsna "$0" "$@"
