@@ -131,10 +131,10 @@ def ddp_worker(rank: int, config: dict[str, Any], port: int, out: Path) -> None:
 def run_ddp(config: dict[str, Any], work: Path) -> float:
     import torch.multiprocessing as mp
 
-    from mmclip_dist.train.ray_cluster import free_loopback_ports
+    from mmclip_dist.net import free_port
 
     out = work / "ddp.json"
-    mp.spawn(ddp_worker, args=(config, free_loopback_ports(1)[0], out), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(config, free_port(), out), nprocs=2, join=True)
     return float(json.loads(out.read_text())["median_step_s"])
 
 

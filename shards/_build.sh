@@ -5,7 +5,7 @@ set -euo pipefail
 dataset=$1 caller=$2
 shift 2
 if [ $# -lt 2 ]; then
-  sed -n '2,8p' "$caller" >&2
+  awk 'NR > 1 && !/^#/ { exit } NR > 1' "$caller" >&2  # the caller's header comment is its usage
   exit 2
 fi
 input=$1 output=$2

@@ -6,7 +6,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import pytest
 from mmclip_dist.cli import submit
 from mmclip_dist.cli.main import build_parser
 from mmclip_dist.config import ConfigError
+from mmclip_dist.net import free_loopback_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -109,12 +109,6 @@ def test_bad_override_fails_before_contacting_the_cluster() -> None:
 # --- integration: a real Ray head on 127.0.0.1 ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RayHead:
     """``ray start --head --block`` in its own session; stopped by PID (never ``ray stop``, which
     would also kill other users' Ray processes on this machine)."""
@@ -126,7 +120,7 @@ class RayHead:
     def __init__(self, token: str) -> None:
         # Short path: Ray's unix sockets live under the temp dir and the path limit is 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
-        ports = {flag: _free_port() for flag in self.PORT_FLAGS}
+        ports = dict(zip(self.PORT_FLAGS, free_loopback_ports(len(self.PORT_FLAGS)), strict=True))
         self.address = f"http://127.0.0.1:{ports['dashboard-port']}"
         self.env = {
             **os.environ,

@@ -9,12 +9,27 @@ import pytest
 from dataset_fixtures import finding, no_finding, vindr_rows, write_csv, write_vindr
 
 from mmclip_dist.config import ShardsConfig
-from mmclip_dist.data.adapters import AdapterError, read_dataset
+from mmclip_dist.data.adapters import AdapterError, parse_laterality_view, read_dataset
 from mmclip_dist.data.adapters.vindr import birads_proxy, parse_birads, parse_categories, parse_density
+from mmclip_dist.data.records import Reject
 
 
 def _vindr_cfg(root: Path, **kw) -> ShardsConfig:
     return ShardsConfig(dataset="vindr", input=str(root), **kw)
+
+
+def test_parse_laterality_view_values_and_named_rejects() -> None:
+    row = {"side": " left ", "proj": "mlo", "bad_side": "X", "at": "AT"}
+    rejects: list[Reject] = []
+    assert parse_laterality_view(row, "a.csv:2", "side", "proj", rejects) == ("L", "mlo")
+    assert parse_laterality_view(row, "a.csv:3", "bad_side", "at", rejects) is None
+    assert parse_laterality_view(row, "a.csv:4", "side", "at", rejects) is None
+    assert parse_laterality_view(row, "a.csv:5", "side", "at", rejects, other_view="other_view") is None
+    assert rejects == [
+        Reject("a.csv:3", "bad_laterality", "bad_side 'X' is not L/R (or LEFT/RIGHT)"),
+        Reject("a.csv:4", "bad_view", "at 'AT' is not CC or MLO"),
+        Reject("a.csv:5", "other_view", "at 'AT' is not CC or MLO"),
+    ]
 
 
 def test_vindr_value_parsers() -> None:

@@ -6,7 +6,6 @@ holding different numbers of views with RoIs.
 """
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmclip_dist.net import free_port
+
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 TERMS = ("loss_global", "loss_roi", "loss_cross_view", "loss", "cache")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, text_folder: Path) -> dict:
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    port = _free_port()
+    port = free_port()
     jobs = {
         "single": [sys.executable, str(WORKER), "0", "1", "0", str(text_folder), str(out / "single.pt")],
         **{

@@ -62,6 +62,25 @@ def parse_view(value: str) -> str | None:
     return {"CC": "cc", "MLO": "mlo"}.get(value.strip().upper())
 
 
+def parse_laterality_view(
+    row: dict[str, str], source: str, laterality_column: str, view_column: str, rejects: list[Reject],
+    *, other_view: str = "bad_view",
+) -> tuple[str, str] | None:
+    """``(laterality, view)`` of an image row; None after appending the row's reject to ``rejects``:
+    ``bad_laterality`` first, then ``other_view`` (``bad_view`` by default; RSNA passes ``other_view``:
+    its AT/LM/ML projections are unused images, not lost data)."""
+    laterality = parse_laterality(row[laterality_column])
+    if laterality is None:
+        rejects.append(Reject(source, "bad_laterality",
+                              f"{laterality_column} {row[laterality_column]!r} is not L/R (or LEFT/RIGHT)"))
+        return None
+    view = parse_view(row[view_column])
+    if view is None:
+        rejects.append(Reject(source, other_view, f"{view_column} {row[view_column]!r} is not CC or MLO"))
+        return None
+    return laterality, view
+
+
 def parse_box(values: list[str], source: str) -> tuple[list[float] | None, Reject | None]:
     """``[x1, y1, x2, y2]`` from four strings; all empty → (None, None); bad → (None, Reject)."""
     if all(v == "" for v in values):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.adapters import AdapterError, BreastAssembler, check_files, parse_laterality, parse_view, read_csv
+from mmclip_dist.data.adapters import AdapterError, BreastAssembler, check_files, parse_laterality_view, read_csv
 from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -47,15 +47,11 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     for name in present:
         kind, split, density_column = CSVS[name]
         for source, row in read_csv(root / name, COMMON + (density_column,)):
-            laterality = parse_laterality(row["left or right breast"])
-            if laterality is None:
-                rejects.append(Reject(source, "bad_laterality", f"{row['left or right breast']!r} is not LEFT/RIGHT"))
+            side = parse_laterality_view(row, source, "left or right breast", "image view", rejects)
+            if side is None:
                 continue
+            laterality, view = side
             breast_id = f"{split}/{row['patient_id']}_{laterality}"
-            view = parse_view(row["image view"])
-            if view is None:
-                rejects.append(Reject(source, "bad_view", f"image view {row['image view']!r} is not CC or MLO"))
-                continue
             label = PATHOLOGY.get(row["pathology"].upper())
             density = DENSITY.get(row[density_column])
             try:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.adapters import BreastAssembler, check_files, parse_laterality, parse_view, read_csv
+from mmclip_dist.data.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
 from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -34,14 +34,10 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     assembler = BreastAssembler(cfg.missing_view)
     seen_paths: dict[str, str] = {}
     for source, row in read_csv(csv_path, REQUIRED):
-        laterality = parse_laterality(row["laterality"])
-        if laterality is None:
-            rejects.append(Reject(source, "bad_laterality", f"laterality {row['laterality']!r} is not L/R"))
+        side = parse_laterality_view(row, source, "laterality", "view", rejects)
+        if side is None:
             continue
-        view = parse_view(row["view"])
-        if view is None:
-            rejects.append(Reject(source, "bad_view", f"view {row['view']!r} is not CC or MLO"))
-            continue
+        laterality, view = side
         if not row["patient_id"] or not row["image_path"]:
             rejects.append(Reject(source, "bad_id", "empty patient_id or image_path"))
             continue

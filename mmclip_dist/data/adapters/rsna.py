@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.adapters import BreastAssembler, check_files, parse_laterality, parse_view, read_csv
+from mmclip_dist.data.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
 from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -43,15 +43,11 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             rejects.append(Reject(source, "duplicate_id", f"image_id already listed at {seen_images[image_key]}"))
             continue
         seen_images[image_key] = source
-        laterality = parse_laterality(row["laterality"])
-        if laterality is None:
-            rejects.append(Reject(source, "bad_laterality", f"laterality {row['laterality']!r} is not L or R"))
+        side = parse_laterality_view(row, source, "laterality", "view", rejects, other_view="other_view")
+        if side is None:
             continue
+        laterality, view = side
         breast_id = f"{row['patient_id']}_{laterality}"
-        view = parse_view(row["view"])
-        if view is None:
-            rejects.append(Reject(source, "other_view", f"view {row['view']!r} is not CC or MLO (unused)"))
-            continue
         try:
             cancer = int(row["cancer"])
             if cancer not in (0, 1):

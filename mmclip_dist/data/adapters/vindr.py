@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmclip_dist.data.adapters import (
-    BreastAssembler, check_files, parse_box, parse_laterality, parse_view, read_csv,
+    BreastAssembler, check_files, parse_box, parse_laterality_view, read_csv,
 )
 from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
@@ -79,9 +79,6 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     rejected_images: set[str] = set()  # their finding rows are part of the rejected input, not orphans
 
     for source, row in read_csv(root / BREAST_CSV, IMAGE_COLUMNS):
-        laterality = parse_laterality(row["laterality"])
-        view = parse_view(row["view_position"])
-        breast_id = f"{row['study_id']}_{laterality}"
         if not row["study_id"] or not row["image_id"]:
             rejects.append(Reject(source, "bad_id", "empty study_id or image_id"))
             continue
@@ -90,12 +87,11 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
         if row["image_id"] in images:
             rejects.append(Reject(source, "duplicate_id", f"image_id already listed at {images[row['image_id']][1].source}"))
             continue
-        if laterality is None:
-            rejects.append(Reject(source, "bad_laterality", f"laterality {row['laterality']!r} is not L or R"))
+        side = parse_laterality_view(row, source, "laterality", "view_position", rejects)
+        if side is None:
             continue
-        if view is None:
-            rejects.append(Reject(source, "bad_view", f"view_position {row['view_position']!r} is not CC or MLO"))
-            continue
+        laterality, view = side
+        breast_id = f"{row['study_id']}_{laterality}"
         split = SPLITS.get(row["split"])
         if split is None:
             assembler.reject_breast(breast_id, Reject(source, "bad_split", f"split {row['split']!r} is not training/test"))
