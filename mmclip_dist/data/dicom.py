@@ -110,16 +110,8 @@ def decode_dicom(source: str | Path | bytes, min_size: tuple[int, int] | None = 
     if stored.ndim != 2:
         raise DicomDecodeError(name, "bad_photometric", f"expected a 2D frame, decoded shape {stored.shape}")
 
-    padding = _padding_mask(ds, stored)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    out, voi = _apply_voi(ds, values, padding)
     photometric = str(ds.PhotometricInterpretation).strip()
-    # PS3.3 C.7.6.3.1.2: MONOCHROME1 means "min value = white"; inverting after VOI keeps the window
-    # semantics of the file (windows are defined on the values, not on the display polarity).
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out
-    out[padding] = 0.0
-    pixels = np.clip(out, 0.0, 1.0).astype(np.float32)
+    pixels, voi = _to_display(ds, stored, photometric)
 
     h, w = pixels.shape
     return DecodedImage(
@@ -132,6 +124,37 @@ def decode_dicom(source: str | Path | bytes, min_size: tuple[int, int] | None = 
         voi=voi,
         photometric=photometric,
     )
+
+
+def _to_display(ds: pydicom.Dataset, stored: np.ndarray, photometric: str) -> tuple[np.ndarray, str]:
+    """Stored values → float32 in [0, 1]: modality LUT, VOI, MONOCHROME1 inversion, padding to 0.
+
+    Every step is a function of the stored value alone (except the min/max fallback, which looks at the
+    whole image), so for 8/16-bit data it is evaluated once per possible value and applied as a lookup
+    table: one pass over the image instead of six, bit-identical to the direct evaluation.
+    """
+    windowed = "VOILUTSequence" in ds or _first_window(ds) is not None
+    if windowed and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
+        info = np.iinfo(stored.dtype)
+        domain = np.arange(info.min, info.max + 1, dtype=stored.dtype)
+        lut, voi = _to_display_direct(ds, domain, photometric)
+        index = stored if info.min == 0 else stored.astype(np.int32) - info.min
+        return lut[index], voi
+    return _to_display_direct(ds, stored, photometric)
+
+
+def _to_display_direct(ds: pydicom.Dataset, stored: np.ndarray, photometric: str) -> tuple[np.ndarray, str]:
+    padding = _padding_mask(ds, stored)
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    out, voi = _apply_voi(ds, values, padding)
+    # PS3.3 C.7.6.3.1.2: MONOCHROME1 means "min value = white"; inverting after VOI keeps the window
+    # semantics of the file (windows are defined on the values, not on the display polarity).
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    out[padding] = 0.0
+    if out.dtype == np.float32:
+        return np.clip(out, 0.0, 1.0, out=out), voi
+    return np.clip(out, 0.0, 1.0).astype(np.float32), voi
 
 
 # --------------------------------------------------------------------------------------------------

@@ -358,10 +358,10 @@ class LocalRayCluster:
     def _check_launchers(self) -> None:
         for i, proc in enumerate(self._launchers):
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"node {i} launcher exited with code {proc.returncode}; "
-                    f"see {self.temp_root / f'node{i}.log'}"
-                )
+                log = self.temp_root / f"node{i}.log"
+                # The temp root is removed on stop(), so the reason must travel in the message.
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+                raise RuntimeError(f"node {i} launcher exited with code {proc.returncode}; {log} ends with:\n{tail}")
 
     def _remember(self, pid: int) -> None:
         try:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mmclip_dist.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
 LOSS_TERMS = ("loss", "loss_global", "loss_roi", "loss_cross_view")
 
@@ -52,4 +54,4 @@ def test_debug_pipeline_logs_every_loss_term_and_eval_metrics(tmp_path: Path) ->
     from mmclip_dist.model import MMCLIP
 
     model = MMCLIP.from_pretrained(workdir / "model")
-    assert model.cfg.backbone == "resnet10t"
+    assert model.cfg.backbone == load_config(REPO / "launch/configs/debug.yaml").model.backbone

@@ -26,7 +26,14 @@ from dicom_fixtures import (
 from pydicom.dataset import FileMetaDataset
 from scipy import ndimage
 
-from mmclip_dist.data.dicom import DicomDecodeError, apply_window, choose_reduce_level, decode_dicom
+from mmclip_dist.data.dicom import (
+    DicomDecodeError,
+    _to_display,
+    _to_display_direct,
+    apply_window,
+    choose_reduce_level,
+    decode_dicom,
+)
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -132,6 +139,32 @@ def test_padding_value_is_zero_and_excluded_from_minmax() -> None:
 def test_padding_range_limit() -> None:
     out = _row([0, 5, 10, 11, 111, 211], padding=(10, 0))  # range limit below the value: still 0..10
     np.testing.assert_allclose(out, [0.0, 0.0, 0.0, 0.0, 0.5, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"windows": [(1800, 2500)]},
+        {"windows": [(1800, 2500)], "voi_function": "SIGMOID", "photometric": "MONOCHROME1", "padding": (4095, None)},
+        {"voi_lut": (100, 12, list(range(0, 4096, 16))), "padding": (0, 40)},
+        {"windows": [(-200, 900)], "signed": True, "rescale": (1.5, -30.0), "padding": (-2048, None)},
+    ],
+    ids=["linear", "sigmoid-mono1-padding", "voi-lut-range-padding", "signed-rescale"],
+)
+def test_lookup_table_path_is_bit_identical_to_direct_evaluation(kwargs: dict) -> None:
+    # decode_dicom evaluates VOI etc. once per possible stored value and indexes: it must not change a bit.
+    rng = np.random.default_rng(0)
+    signed = kwargs.get("signed", False)
+    low, high = (-2048, 2048) if signed else (0, 4096)
+    pixels = rng.integers(low, high, size=(64, 48)).astype(np.int16 if signed else np.uint16)
+    ds = pydicom.dcmread(io.BytesIO(to_bytes(make_dataset(pixels, **kwargs))))
+    stored = ds.pixel_array
+    photometric = str(ds.PhotometricInterpretation)
+    via_lut, voi = _to_display(ds, stored, photometric)
+    direct, voi_direct = _to_display_direct(ds, stored.copy(), photometric)
+    assert voi == voi_direct and via_lut.dtype == np.float32
+    np.testing.assert_array_equal(via_lut, direct)
+    assert 0.0 < float(via_lut.std())  # the fixture really exercises the mapping
 
 
 def test_laterality_and_view_are_reported() -> None:

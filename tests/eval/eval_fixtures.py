@@ -43,7 +43,7 @@ def eval_config(root: Path, seed: int = 0, overrides: list[str] | tuple[str, ...
         "shards.salt=eval-tests-salt", f"shards.input={root / 'vindr'}", f"shards.output={root / 'shards'}",
         f"data.train_shards={root / 'shards'}", f"data.eval_shards={root / 'shards'}", "data.image_size=[160, 96]",
         "data.max_text_len=80", "data.shuffle_buffer=64", "data.loader_workers=0",
-        f"model.text_encoder={root / 'text_encoder'}",
+        f"model.text_encoder={root / 'text_encoder'}", "model.backbone=resnet10t",  # the margins were measured with it
         "train.num_workers=1", "train.cpus_per_worker=1", "train.micro_batch=16", "train.global_batch=32",
         "train.max_steps=50", "train.warmup_steps=3", "train.checkpoint_every=0", "train.max_failures=0",
         f"train.seed={seed}", f"train.storage_path={root / 'runs'}", f"train.export_dir={root / 'model'}",
