@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./launch/install.sh || exit 1
-export DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0
+source launch/env.sh
 .venv/bin/python -m pytest --timeout=900 "$@"
 status=$?
 # pytest exits 5 when no test was collected (e.g. a -k filter matching nothing): that is a failure
