@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gzip
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,8 +31,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("debug", "dev", "prod")
-# CI lays shared/ beside the clone (../shared); a developer's checkout has it at /work/shared.
-CRD_DIRS = (REPO / ".." / "shared" / "kuberay-crds", REPO / "shared" / "kuberay-crds")
+# The KubeRay CRDs the manifests are validated against, vendored (gzipped) so validation never depends on
+# where a checkout sits; SHARED_CRDS is the team's copy beside a developer checkout, kept in sync by a test.
+CRDS = Path(__file__).resolve().parent / "kuberay-crds"
+SHARED_CRDS = REPO / ".." / "shared" / "kuberay-crds"
 
 SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "patches", "images"}
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",
@@ -172,8 +175,9 @@ def render(overlay: str) -> list[Doc]:
     return copy.deepcopy(list(_render_cached(overlay)))
 
 
-def crd_dir() -> Path | None:
-    return next((d.resolve() for d in CRD_DIRS if d.is_dir()), None)
+def vendored_crds() -> dict[str, str]:
+    """File name (without .gz) -> YAML text of every vendored CRD."""
+    return {path.name[: -len(".gz")]: gzip.decompress(path.read_bytes()).decode() for path in sorted(CRDS.glob("*.yaml.gz"))}
 
 
 def _strict(schema: Any) -> Any:
@@ -195,13 +199,13 @@ def _strict(schema: Any) -> Any:
 
 @functools.cache
 def crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
-    """(apiVersion, kind) -> validator of every served version of every CRD in the shared folder."""
-    folder = crd_dir()
-    assert folder is not None
+    """(apiVersion, kind) -> validator of every served version of every vendored CRD."""
     validators = {}
-    for path in sorted(folder.glob("*.yaml")):
+    texts = vendored_crds()
+    assert texts, f"no CRDs in {CRDS}"
+    for text in texts.values():
         # The C loader: the two CRDs are 2 MB of YAML, ~20 s with the pure-Python one.
-        for crd in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        for crd in yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
