@@ -135,11 +135,11 @@ def _to_display(ds: pydicom.Dataset, stored: np.ndarray, photometric: str) -> tu
     """
     windowed = "VOILUTSequence" in ds or _first_window(ds) is not None
     if windowed and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
-        info = np.iinfo(stored.dtype)
-        domain = np.arange(info.min, info.max + 1, dtype=stored.dtype)
+        # Index by the raw bit pattern: signed data needs no offset and no widened copy of the image.
+        unsigned = np.dtype(f"{stored.dtype.byteorder}u{stored.dtype.itemsize}")
+        domain = np.arange(2 ** (8 * stored.dtype.itemsize), dtype=unsigned).view(stored.dtype)
         lut, voi = _to_display_direct(ds, domain, photometric)
-        index = stored if info.min == 0 else stored.astype(np.int32) - info.min
-        return lut[index], voi
+        return lut[stored.view(unsigned)], voi
     return _to_display_direct(ds, stored, photometric)
 
 
