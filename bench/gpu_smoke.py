@@ -57,8 +57,10 @@ def load_sections() -> dict[str, Any]:
         for name in ("Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig"):
             setattr(shim, name, types.SimpleNamespace)
         sys.modules["mmclip_dist.config"] = shim
-        return {s: types.SimpleNamespace(**{k: tuple(v) if isinstance(v, list) else v for k, v in snapshot[s].items()})
-                for s in SECTIONS}
+        return {
+            s: types.SimpleNamespace(**{k: tuple(v) if isinstance(v, list) else v for k, v in snapshot[s].items()})
+            for s in SECTIONS
+        }
     classes = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig}
     return {s: classes[s].model_validate(snapshot[s]) for s in SECTIONS}
 
@@ -91,14 +93,17 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8, help="breasts per GPU per step (2 images each)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--cpu-dry-run", action="store_true",
-                        help="run on CPU with a tiny backbone, 64x48 images and a tiny BERT (checks the script)")
+    parser.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="run on CPU with a tiny backbone, 64x48 images and a tiny BERT (checks the script)",
+    )
     args = parser.parse_args()
 
     cfg = load_sections()
+    from mmclip_devtools.toy_models import build_debug_text_encoder, random_batch
     from mmclip_dist.losses import MMCLIPLoss
     from mmclip_dist.model import MMCLIP
-    from mmclip_dist.model.debug import build_debug_text_encoder, random_batch
 
     cfg["model"].backbone_weights = ""  # random init: same compute, no download
     if args.cpu_dry_run:
@@ -123,8 +128,14 @@ def main() -> None:
         model = MMCLIP.from_config(cfg["model"], cfg["data"])
     model = model.to(device=device, dtype=dtype)  # bf16 weights, like DeepSpeed's bf16 mode
     loss_fn = MMCLIPLoss(cfg["loss"])
-    batch = random_batch(args.micro_batch, (height, width), cfg["data"].max_rois, cfg["data"].max_text_len,
-                         vocab_size=len(model.text.backbone.get_input_embeddings().weight), seed=0)
+    batch = random_batch(
+        args.micro_batch,
+        (height, width),
+        cfg["data"].max_rois,
+        cfg["data"].max_text_len,
+        vocab_size=len(model.text.backbone.get_input_embeddings().weight),
+        seed=0,
+    )
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     for key in ("images", "masks"):
         batch[key] = batch[key].to(dtype)
@@ -150,22 +161,39 @@ def main() -> None:
     _peak_gib(device)
     ours = _timed(mmclip_step, args.warmup, args.steps, device)
     ours_peak = _peak_gib(device)
-    del optimizer
+    optimizer.state.clear()  # free MM-CLIP's Adam moments before measuring timm's peak
     pure = _timed(timm_step, args.warmup, args.steps, device)
     pure_peak = _peak_gib(device)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     b = args.micro_batch
-    print(f"\n{name}: {cfg['model'].backbone} {height}x{width} {str(dtype).removeprefix('torch.')}, {b} breasts = {2 * b} images per step, "
-          f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"MM-CLIP step (visual+text+loss+AdamW) {b / ours:8.1f} breasts/s  {2 * b / ours:8.1f} images/s  "
-          f"peak {ours_peak:.1f} GiB")
-    print(f"timm {cfg['model'].backbone} fwd+bwd+AdamW   {b / pure:8.1f} breasts/s  {2 * b / pure:8.1f} images/s  "
-          f"peak {pure_peak:.1f} GiB")
+    print(
+        f"\n{name}: {cfg['model'].backbone} {height}x{width} {str(dtype).removeprefix('torch.')}, {b} breasts = {2 * b} images per step, "
+        f"median of {args.steps} steps after {args.warmup} warm-up"
+    )
+    print(
+        f"MM-CLIP step (visual+text+loss+AdamW) {b / ours:8.1f} breasts/s  {2 * b / ours:8.1f} images/s  "
+        f"peak {ours_peak:.1f} GiB"
+    )
+    print(
+        f"timm {cfg['model'].backbone} fwd+bwd+AdamW   {b / pure:8.1f} breasts/s  {2 * b / pure:8.1f} images/s  "
+        f"peak {pure_peak:.1f} GiB"
+    )
     print(f"MM-CLIP / pure backbone step time: {ours / pure:.2f}")
-    print(json.dumps({"device": name, "backbone": cfg["model"].backbone, "image_size": [height, width],
-                      "micro_batch": b, "mmclip_step_s": ours, "timm_step_s": pure,
-                      "mmclip_images_per_s": 2 * b / ours, "timm_images_per_s": 2 * b / pure}))
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "backbone": cfg["model"].backbone,
+                "image_size": [height, width],
+                "micro_batch": b,
+                "mmclip_step_s": ours,
+                "timm_step_s": pure,
+                "mmclip_images_per_s": 2 * b / ours,
+                "timm_images_per_s": 2 * b / pure,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

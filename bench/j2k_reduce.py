@@ -23,8 +23,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
 from mmclip_dist.config import SyntheticConfig
-from mmclip_dist.data.dicom import decode_dicom
-from mmclip_dist.data.preprocess import preprocess_view
+from mmclip_dist.data.build.dicom import decode_dicom
+from mmclip_dist.data.build.preprocess import preprocess_view
 from mmclip_dist.data.synthetic import generate_vindr_dataset
 
 
@@ -34,8 +34,9 @@ def j2k_dicom(height: int, width: int) -> bytes:
         ds = pydicom.dcmread(next(Path(tmp).glob("images/*/*.dicom")))
     arr = ds.pixel_array
     # Six resolutions (five wavelet levels), the OpenJPEG default that scanners also use.
-    frame = imagecodecs.jpeg2k_encode(arr, level=0, codecformat="J2K", reversible=True,
-                                      bitspersample=int(ds.BitsStored), resolutions=6)
+    frame = imagecodecs.jpeg2k_encode(
+        arr, level=0, codecformat="J2K", reversible=True, bitspersample=int(ds.BitsStored), resolutions=6
+    )
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.90")
@@ -72,8 +73,10 @@ def main() -> None:
     print(f"full decode     {t_full * 1000:8.1f} ms  -> {full.pixels.shape}")
     print(f"reduced decode  {t_red * 1000:8.1f} ms  -> {reduced.pixels.shape} (scale {reduced.scale[0]:.4f})")
     print(f"speed-up        {t_full / t_red:8.1f}x")
-    print(f"after preprocess: mean |diff| {diff.mean():.5f}, p99 {np.percentile(diff, 99):.5f}, "
-          f"max {diff.max():.5f} (fraction of full range); median pixel {statistics.median(a.ravel()):.3f}")
+    print(
+        f"after preprocess: mean |diff| {diff.mean():.5f}, p99 {np.percentile(diff, 99):.5f}, "
+        f"max {diff.max():.5f} (fraction of full range); median pixel {statistics.median(a.ravel()):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.loader import collate_samples, decode_sample, iter_shard, list_shards, make_train_loader
-from mmclip_dist.data.s3_server import LocalS3Server
 from mmclip_dist.data.storage import open_storage
+from mmclip_dist.data.stream.loader import collate_samples, decode_sample, iter_shard, list_shards, make_train_loader
 from mmclip_dist.model.tokenizer import train_wordpiece_tokenizer
 
 REPORT = "Projection Position: LCC\nBreast Density: B.\nFindings: an irregular mass in the upper outer quadrant."
@@ -49,12 +49,26 @@ def write_shards(folder: Path, samples: int, per_shard: int, size: tuple[int, in
     for index in range(-(-samples // per_shard)):
         with wds.TarWriter(str(folder / f"train-{index:06d}.tar")) as sink:
             for i in range(index * per_shard, min(samples, (index + 1) * per_shard)):
-                views = {v: {"boxes": [[40, 60, 120, 150]], "box_labels": ["Mass"], "box_flags": ["ok"],
-                             "report": REPORT, "transform": {}} for v in ("cc", "mlo")}
+                views = {
+                    v: {
+                        "boxes": [[40, 60, 120, 150]],
+                        "box_labels": ["Mass"],
+                        "box_flags": ["ok"],
+                        "report": REPORT,
+                        "transform": {},
+                    }
+                    for v in ("cc", "mlo")
+                }
                 meta = {"schema": 1, "label": {"malignant": i % 2}, "views": views}
                 images = {v: _png16(np.clip(tissue + rng.normal(0, 800, (h, w)), 0, 65535)) for v in ("cc", "mlo")}
-                sink.write({"__key__": f"b{i:06d}", "cc.png": images["cc"], "mlo.png": images["mlo"],
-                            "json": json.dumps(meta).encode()})
+                sink.write(
+                    {
+                        "__key__": f"b{i:06d}",
+                        "cc.png": images["cc"],
+                        "mlo.png": images["mlo"],
+                        "json": json.dumps(meta).encode(),
+                    }
+                )
 
 
 def time_loader(cfg: DataConfig, tokenizer: Any, micro_batch: int, batches: int) -> float:
@@ -111,19 +125,27 @@ def run(args: argparse.Namespace, work: Path) -> None:
     try:
         for name, url in sources.items():
             for workers in args.workers:
-                cfg = base.model_copy(update={"train_shards": url, "loader_workers": workers,
-                                              "split_by_node": workers <= len(list_shards(url, split="train"))})
+                cfg = base.model_copy(
+                    update={
+                        "train_shards": url,
+                        "loader_workers": workers,
+                        "split_by_node": workers <= len(list_shards(url, split="train")),
+                    }
+                )
                 per_batch = time_loader(cfg, tokenizer, args.micro_batch, args.batches)
                 print(f"{name:5s} workers={workers}: {args.micro_batch / per_batch:7.1f} samples/s")
             cfg = base.model_copy(update={"train_shards": url, "loader_workers": 0})
             loader_full = time_loader(cfg, tokenizer, args.micro_batch, args.batches)
             start = time.perf_counter()
-            skipped = make_train_loader(cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0,
-                                        skip_batches=args.batches)
+            skipped = make_train_loader(
+                cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0, skip_batches=args.batches
+            )
             next(iter(skipped))
             skip_time = time.perf_counter() - start
-            print(f"{name:5s} resume: skipping {args.batches} batches + 1 batch took {skip_time:.2f}s "
-                  f"vs {loader_full * (args.batches + 1):.2f}s to produce them")
+            print(
+                f"{name:5s} resume: skipping {args.batches} batches + 1 batch took {skip_time:.2f}s "
+                f"vs {loader_full * (args.batches + 1):.2f}s to produce them"
+            )
     finally:
         if server is not None:
             server.stop()

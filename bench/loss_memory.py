@@ -48,9 +48,18 @@ def _clip_case(kind: str, n: int, dim: int, chunk: int, queue: mp.Queue) -> None
     loss.backward()
     elapsed = time.perf_counter() - start
     del base_grads
-    queue.put(dict(case=f"CLIP {kind}", n=n, dim=dim, chunk=chunk if kind == "streamed" else "-",
-                   seconds=elapsed, baseline_mib=baseline, peak_extra_mib=_rss_mib() - baseline,
-                   loss=float(loss.detach())))
+    queue.put(
+        dict(
+            case=f"CLIP {kind}",
+            n=n,
+            dim=dim,
+            chunk=chunk if kind == "streamed" else "-",
+            seconds=elapsed,
+            baseline_mib=baseline,
+            peak_extra_mib=_rss_mib() - baseline,
+            loss=float(loss.detach()),
+        )
+    )
 
 
 def _roi_case(n: int, rois: int, length: int, dim: int, heads: int, chunk: int, queue: mp.Queue) -> None:
@@ -69,8 +78,18 @@ def _roi_case(n: int, rois: int, length: int, dim: int, heads: int, chunk: int, 
     scores = matcher(roi, valid, tok, mask, chunk_size=chunk, use_checkpoint=True)
     scores.logsumexp(1).sum().backward()
     elapsed = time.perf_counter() - start
-    queue.put(dict(case="RoI matching", n=n, dim=dim, chunk=chunk, seconds=elapsed, baseline_mib=baseline,
-                   peak_extra_mib=_rss_mib() - baseline, loss=float("nan")))
+    queue.put(
+        dict(
+            case="RoI matching",
+            n=n,
+            dim=dim,
+            chunk=chunk,
+            seconds=elapsed,
+            baseline_mib=baseline,
+            peak_extra_mib=_rss_mib() - baseline,
+            loss=float("nan"),
+        )
+    )
 
 
 def _run(target, *args) -> dict:
@@ -89,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=1024, help="rows per block of the streamed loss")
     parser.add_argument("--clip-n", type=int, nargs="*", default=[4096, 16384], help="N for naive AND streamed")
     parser.add_argument("--streamed-n", type=int, nargs="*", default=[65536], help="N for the streamed loss only")
-    parser.add_argument("--roi-n", type=int, nargs="*", default=[16, 64, 128, 256], help="global batch for RoI matching")
+    parser.add_argument(
+        "--roi-n", type=int, nargs="*", default=[16, 64, 128, 256], help="global batch for RoI matching"
+    )
     parser.add_argument("--roi-dim", type=int, default=256)
     parser.add_argument("--roi-heads", type=int, default=8)
     parser.add_argument("--rois", type=int, default=4)
@@ -112,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| case | N | dim | chunk | time (s) | peak above baseline (MiB) | baseline RSS (MiB) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['case']} | {r['n']} | {r['dim']} | {r['chunk']} | {r['seconds']:.2f} | "
-              f"{r['peak_extra_mib']:.0f} | {r['baseline_mib']:.0f} |")
+        print(
+            f"| {r['case']} | {r['n']} | {r['dim']} | {r['chunk']} | {r['seconds']:.2f} | "
+            f"{r['peak_extra_mib']:.0f} | {r['baseline_mib']:.0f} |"
+        )
     return 0
 
 

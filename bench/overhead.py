@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-# Ray must keep every server on 127.0.0.1 (mmclip_dist.train.ray_cluster); set before anything imports ray.
+# Ray must keep every server on 127.0.0.1 (mmclip_dist.train.ray_env); set before anything imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,26 +42,36 @@ sys.path.insert(0, str(REPO / "bench"))
 
 
 def bench_config(text_encoder: Path, args: argparse.Namespace) -> Config:
-    return load_config(REPO / "launch/configs/debug.yaml", [
-        f"model.text_encoder={text_encoder}", f"model.backbone={args.backbone}", f"data.image_size={list(args.size)}",
-        "train.num_workers=2", f"train.micro_batch={args.micro_batch}", f"train.global_batch={2 * args.micro_batch}",
-        "train.zero_stage=1", "train.warmup_steps=2", f"train.max_steps={args.warmup + args.steps}",
-    ])
+    return load_config(
+        REPO / "launch/configs/debug.yaml",
+        [
+            f"model.text_encoder={text_encoder}",
+            f"model.backbone={args.backbone}",
+            f"data.image_size={list(args.size)}",
+            "train.num_workers=2",
+            f"train.micro_batch={args.micro_batch}",
+            f"train.global_batch={2 * args.micro_batch}",
+            "train.zero_stage=1",
+            "train.warmup_steps=2",
+            f"train.max_steps={args.warmup + args.steps}",
+        ],
+    )
 
 
 def _setup(cfg: Config, rank: int) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """Model (same init on every rank), loss and this rank's fixed batch."""
+    from mmclip_devtools.toy_models import random_batch
     from mmclip_dist.losses import MMCLIPLoss
     from mmclip_dist.model import MMCLIP
-    from mmclip_dist.model.debug import random_batch
     from mmclip_dist.model.tokenizer import load_tokenizer
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.train.seed)
     model = MMCLIP.from_config(cfg.model, cfg.data)
     vocab = len(load_tokenizer(cfg.model))
-    batch = random_batch(cfg.train.micro_batch, tuple(cfg.data.image_size), cfg.data.max_rois,
-                         cfg.data.max_text_len, vocab, seed=rank)
+    batch = random_batch(
+        cfg.train.micro_batch, tuple(cfg.data.image_size), cfg.data.max_rois, cfg.data.max_text_len, vocab, seed=rank
+    )
     return model, MMCLIPLoss(cfg.loss), batch
 
 
@@ -86,8 +96,10 @@ def deepspeed_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     model, loss_fn, batch = _setup(cfg, rank)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_deepspeed_config(cfg.train, 2), dist_init_required=False,
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(cfg.train, 2),
+        dist_init_required=False,
     )
 
     def step() -> None:
@@ -131,7 +143,7 @@ def ddp_worker(rank: int, config: dict[str, Any], port: int, out: Path) -> None:
 def run_ddp(config: dict[str, Any], work: Path) -> float:
     import torch.multiprocessing as mp
 
-    from mmclip_dist.net import free_port
+    from mmclip_dist.loopback import free_port
 
     out = work / "ddp.json"
     mp.spawn(ddp_worker, args=(config, free_port(), out), nprocs=2, join=True)
@@ -144,16 +156,19 @@ def run_ray_deepspeed(config: dict[str, Any], work: Path) -> float:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mmclip_dist.train.loop import worker_env
-    from mmclip_dist.train.ray_cluster import init_local_ray
+    from mmclip_dist.train.ray_env import init_local_ray
 
     out = work / "deepspeed.json"
     init_local_ray(num_cpus=2)
     try:
         trainer = TorchTrainer(
-            deepspeed_worker, train_loop_config={**config, "out": str(out)}, torch_config=TorchConfig(backend="gloo"),
+            deepspeed_worker,
+            train_loop_config={**config, "out": str(out)},
+            torch_config=TorchConfig(backend="gloo"),
             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(name="overhead", storage_path=str(work / "ray"),
-                                 worker_runtime_env={"env_vars": worker_env(False)}),
+            run_config=RunConfig(
+                name="overhead", storage_path=str(work / "ray"), worker_runtime_env={"env_vars": worker_env(False)}
+            ),
         )
         trainer.fit()
         return float(json.loads(out.read_text())["median_step_s"])
@@ -165,7 +180,7 @@ def loader_rates(cfg: Config, micro_batch: int, batches: int, use_s3: bool, work
     """Samples/s of one rank's train loader (1 loader worker), local folder and optionally SeaweedFS."""
     from loader_throughput import REPORT, time_loader, write_shards
 
-    from mmclip_dist.data.s3_server import LocalS3Server
+    from mmclip_devtools.s3_server import LocalS3Server
     from mmclip_dist.data.storage import open_storage
     from mmclip_dist.model.tokenizer import train_wordpiece_tokenizer
 
@@ -174,8 +189,10 @@ def loader_rates(cfg: Config, micro_batch: int, batches: int, use_s3: bool, work
     write_shards(shards, 16 * micro_batch, 2 * micro_batch, tuple(cfg.data.image_size))
     tokenizer = train_wordpiece_tokenizer([REPORT] * 4, vocab_size=200)
     data = cfg.data.model_copy(update={"loader_workers": 1, "shuffle_buffer": 2 * micro_batch})
-    rates = {"local": micro_batch / time_loader(data.model_copy(update={"train_shards": str(shards)}),
-                                                tokenizer, micro_batch, batches)}
+    rates = {
+        "local": micro_batch
+        / time_loader(data.model_copy(update={"train_shards": str(shards)}), tokenizer, micro_batch, batches)
+    }
     if use_s3:
         with LocalS3Server(work / "s3", bucket="bench") as server:
             os.environ.update(server.env())
@@ -198,7 +215,7 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="also time the loader against a local SeaweedFS")
     args = parser.parse_args()
 
-    from mmclip_dist.model.debug import build_debug_text_encoder
+    from mmclip_devtools.toy_models import build_debug_text_encoder
 
     with tempfile.TemporaryDirectory(prefix="overhead-bench-") as tmp:
         work = Path(tmp)
@@ -214,15 +231,27 @@ def main() -> None:
         consumed = cfg.train.micro_batch / deepspeed  # samples/s one rank's train step takes in
         rates = loader_rates(cfg, args.micro_batch, args.loader_batches, args.s3, work)
 
-    print(f"\n{args.backbone} {args.size[0]}x{args.size[1]}, micro-batch {args.micro_batch}/rank, 2 CPU workers, "
-          f"median of {args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"\n{args.backbone} {args.size[0]}x{args.size[1]}, micro-batch {args.micro_batch}/rank, 2 CPU workers, "
+        f"median of {args.steps} steps after {args.warmup} warm-up"
+    )
     print(f"torch DDP (gloo)            {ddp:8.3f} s/step   (runs before/after: {ddp_runs[0]:.3f} / {ddp_runs[1]:.3f})")
     print(f"Ray Train + DeepSpeed ZeRO-1 {deepspeed:7.3f} s/step   ratio {deepspeed / ddp:.3f} (goal <= 1.15)")
     print(f"train step consumes         {consumed:8.1f} samples/s per rank")
     for name, rate in rates.items():
         print(f"loader ({name:5s}, 1 worker)  {rate:8.1f} samples/s per rank   {rate / consumed:.1f}x consumption")
-    print(json.dumps({"ddp_step_s": ddp, "ddp_runs_s": ddp_runs, "ray_deepspeed_step_s": deepspeed, "ratio": deepspeed / ddp,
-                      "consumed_samples_per_s": consumed, "loader_samples_per_s": rates}))
+    print(
+        json.dumps(
+            {
+                "ddp_step_s": ddp,
+                "ddp_runs_s": ddp_runs,
+                "ray_deepspeed_step_s": deepspeed,
+                "ratio": deepspeed / ddp,
+                "consumed_samples_per_s": consumed,
+                "loader_samples_per_s": rates,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

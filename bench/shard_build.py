@@ -26,16 +26,17 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
 from mmclip_dist.config import ShardsConfig, SyntheticConfig
-from mmclip_dist.data.build import build_shards
-from mmclip_dist.data.dicom import decode_dicom
+from mmclip_dist.data.build.builder import build_shards
+from mmclip_dist.data.build.dicom import decode_dicom
 from mmclip_dist.data.synthetic import generate_vindr_dataset
 
 
 def to_j2k(path: Path) -> None:
     """Re-encode one DICOM as JPEG 2000 lossless with six resolutions (a common scanner setting)."""
     ds = pydicom.dcmread(path)
-    frame = imagecodecs.jpeg2k_encode(ds.pixel_array, level=0, codecformat="J2K", reversible=True,
-                                      bitspersample=int(ds.BitsStored), resolutions=6)
+    frame = imagecodecs.jpeg2k_encode(
+        ds.pixel_array, level=0, codecformat="J2K", reversible=True, bitspersample=int(ds.BitsStored), resolutions=6
+    )
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
@@ -76,8 +77,9 @@ def main() -> None:
     def build(processes: int) -> float:
         out = work / f"out{processes}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = ShardsConfig(input=str(root), output=str(out), image_size=size, processes=processes, resume=False,
-                           shard_max_samples=8)
+        cfg = ShardsConfig(
+            input=str(root), output=str(out), image_size=size, processes=processes, resume=False, shard_max_samples=8
+        )
         return timed(lambda: build_shards(cfg, progress=False))
 
     decode_all()  # warm the page cache so every timing reads the files from memory

@@ -1,6 +1,6 @@
 """Debug-mode zero-shot AUC vs the number of synthetic training patients, on a separate validation set.
 
-Each setting runs the whole debug pipeline (``mmclip_dist.pipeline.run_debug_pipeline``: synthetic DICOMs,
+Each setting runs the whole debug pipeline (``mmclip_dist.workflows.debug_run.run_debug_pipeline``: synthetic DICOMs,
 shards, tokenizer + BERT, Ray Train + DeepSpeed on 2 workers, export) with its own synthetic seed, then
 scores the exported model zero-shot on a validation set generated once from another seed (every breast of
 it unseen, none of it the debug run's held-out split). This is how ``launch/configs/debug.yaml`` was
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-# Ray must keep every server on 127.0.0.1 (mmclip_dist.train.ray_cluster); set before anything imports ray.
+# Ray must keep every server on 127.0.0.1 (mmclip_dist.train.ray_env); set before anything imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,13 +31,19 @@ REPO = Path(__file__).resolve().parents[1]
 def build_validation(workdir: Path, seed: int, patients: int, overrides: list[str]) -> str:
     """Shards of a synthetic set whose breasts all land in the test split; returns the shard folder."""
     from mmclip_dist.config import load_config
-    from mmclip_dist.data.build import build_shards
+    from mmclip_dist.data.build.builder import build_shards
     from mmclip_dist.data.synthetic import generate_vindr_dataset
-    from mmclip_dist.pipeline import prepare_debug_config
+    from mmclip_dist.workflows.debug_run import prepare_debug_config
 
-    cfg = load_config(REPO / "launch/configs/debug.yaml", [
-        *overrides, f"synthetic.seed={seed}", f"synthetic.num_patients={patients}", "synthetic.test_fraction=0.95",
-    ])
+    cfg = load_config(
+        REPO / "launch/configs/debug.yaml",
+        [
+            *overrides,
+            f"synthetic.seed={seed}",
+            f"synthetic.num_patients={patients}",
+            "synthetic.test_fraction=0.95",
+        ],
+    )
     cfg = prepare_debug_config(cfg, workdir)
     if not (workdir / "shards" / "manifest.json").exists():
         generate_vindr_dataset(Path(cfg.shards.input), cfg.synthetic)
@@ -56,19 +62,25 @@ def main() -> None:
     args = parser.parse_args()
 
     from mmclip_dist.config import load_config
-    from mmclip_dist.data.loader import list_shards, make_eval_loader
+    from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
     from mmclip_dist.eval.runner import load_model
     from mmclip_dist.eval.zeroshot import zero_shot_malignancy
-    from mmclip_dist.pipeline import run_debug_pipeline
+    from mmclip_dist.workflows.debug_run import run_debug_pipeline
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="zeroshot-size-"))
-    val_shards = list_shards(build_validation(work / "validation", args.val_seed, args.val_patients, args.overrides),
-                             split="test")
+    val_shards = list_shards(
+        build_validation(work / "validation", args.val_seed, args.val_patients, args.overrides), split="test"
+    )
     rows = []
     for patients in args.patients:
-        cfg = load_config(REPO / "launch/configs/debug.yaml", [
-            *args.overrides, f"synthetic.seed={args.seed}", f"synthetic.num_patients={patients}",
-        ])
+        cfg = load_config(
+            REPO / "launch/configs/debug.yaml",
+            [
+                *args.overrides,
+                f"synthetic.seed={args.seed}",
+                f"synthetic.num_patients={patients}",
+            ],
+        )
         started = time.perf_counter()
         summary = run_debug_pipeline(cfg, work / f"patients{patients}", log=lambda line: print(line, flush=True))
         seconds = time.perf_counter() - started
@@ -77,13 +89,17 @@ def main() -> None:
         val = zero_shot_malignancy(model, tokenizer, batches, cfg.data.max_text_len, cfg.eval.bootstrap).metrics
         rows.append((patients, summary.samples.get("train", 0), val, summary.zero_shot["auc"], seconds))
 
-    print(f"\nvalidation: seed {args.val_seed}, {int(rows[0][2]['n_breasts'])} breasts; training seed {args.seed}; "
-          f"overrides {args.overrides or 'none'}")
+    print(
+        f"\nvalidation: seed {args.val_seed}, {int(rows[0][2]['n_breasts'])} breasts; training seed {args.seed}; "
+        f"overrides {args.overrides or 'none'}"
+    )
     print("| patients | train breasts | validation AUC (95% CI) | own held-out AUC | run |")
     print("| --- | --- | --- | --- | --- |")
     for patients, train, val, own, seconds in rows:
-        print(f"| {patients} | {train} | {val['auc']:.3f} ({val['auc_ci_low']:.3f}-{val['auc_ci_high']:.3f}) "
-              f"| {own:.3f} | {seconds:.0f} s |")
+        print(
+            f"| {patients} | {train} | {val['auc']:.3f} ({val['auc_ci_low']:.3f}-{val['auc_ci_high']:.3f}) "
+            f"| {own:.3f} | {seconds:.0f} s |"
+        )
 
 
 if __name__ == "__main__":

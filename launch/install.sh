@@ -23,5 +23,5 @@ if ! .venv/bin/python -c 'import torch, torchvision' 2>/dev/null; then
   .venv/bin/python -m pip install -q $TORCH_SPEC
 fi
 # DS_BUILD_OPS=0: DeepSpeed compiles the ops it needs at first use instead of at install time.
-DS_BUILD_OPS=0 .venv/bin/python -m pip install -q -e '.[test]'
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q -e '.[dev]'
 echo "$want" > "$stamp"

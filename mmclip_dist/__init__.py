@@ -1,2 +1,3 @@
 """mmclip-dist: distributed MM-CLIP pretraining for mammography."""
+
 __version__ = "0.1.0"

@@ -154,13 +154,14 @@ class TrainConfig(_Section):
     max_failures: int = Field(2, description="worker failures Ray Train recovers from by restoring")
     resume: bool = Field(False, description="resume from the latest checkpoint of run_name")
     export_dir: str = Field("", description="where to export the final DeepSpeed-independent model")
+    step_callback: str | None = Field(None, description="'module:Class' built on every worker, called after each step")
 
     @property
     def accumulation_steps(self) -> int:
         return self.global_batch // (self.num_workers * self.micro_batch)
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> "TrainConfig":
+    def _batch_divides(self) -> TrainConfig:
         per_step = self.num_workers * self.micro_batch
         if self.global_batch % per_step != 0 or self.global_batch < per_step:
             raise ValueError(

@@ -23,12 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmclip_dist.cli.train import connect_ray
+    from mmclip_dist.train.ray_env import connect_ray
 
     cfg = config_from_args(args)
-    connect_ray(cfg)  # first: Ray must be configured before anything imports it
-    from mmclip_dist.eval.ablation import run_ablation, select_variants
+    connect_ray(
+        cfg.train.num_workers * cfg.train.cpus_per_worker
+    )  # first: Ray must be configured before anything imports it
     from mmclip_dist.eval.compare import print_comparison
+    from mmclip_dist.workflows.ablation import run_ablation, select_variants
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
@@ -39,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n=== ablation: {cfg.eval.task}, modes {', '.join(modes)} ({result.tracking_uri}) ===")
     print_comparison(result.comparison)
     print("runs: " + " ".join(f"{r.variant.name}={r.run_id}" for r in result.runs))
-    print(f"again later: mmclip-dist compare {' '.join(r.run_id for r in result.runs)} --tracking-uri {result.tracking_uri}")
+    print(
+        f"again later: mmclip-dist compare {' '.join(r.run_id for r in result.runs)} --tracking-uri {result.tracking_uri}"
+    )
     return 0

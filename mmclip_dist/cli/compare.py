@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mmclip_dist.config import TrackingConfig
     from mmclip_dist.eval.compare import compare_runs, fetch_runs, plot_histories, print_comparison
-    from mmclip_dist.train.tracking import resolve_tracking_uri
+    from mmclip_dist.tracking import resolve_tracking_uri
 
     if bool(args.run_ids) == bool(args.experiment):
         raise SystemExit("mmclip-dist compare: give run ids or --experiment NAME (one of the two)")

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from mmclip_dist.cli.train import connect_ray
-    from mmclip_dist.pipeline import run_debug_pipeline
+    from mmclip_dist.train.ray_env import connect_ray
+    from mmclip_dist.workflows.debug_run import run_debug_pipeline
 
     cfg = config_from_args(args)
     workdir = Path(args.workdir)
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir)  # a debug run is disposable; a stale run dir would otherwise be resumed
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    connect_ray(cfg)
+    connect_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     summary = run_debug_pipeline(cfg, workdir)
     elapsed = time.perf_counter() - started
     zs = summary.zero_shot
@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"samples          {summary.samples}  in {summary.shards} shards ({summary.rejects} rejects)")
     print(f"steps            {summary.steps}")
     print("final losses     " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary.final_losses.items())))
-    print(f"zero-shot AUC    {zs['auc']:.3f} (95% CI {zs['auc_ci_low']:.3f}-{zs['auc_ci_high']:.3f}), "
-          f"accuracy {zs['accuracy']:.3f}, per-image AUC {zs['image_auc']:.3f}, {int(zs['n_breasts'])} held-out breasts")
+    print(
+        f"zero-shot AUC    {zs['auc']:.3f} (95% CI {zs['auc_ci_low']:.3f}-{zs['auc_ci_high']:.3f}), "
+        f"accuracy {zs['accuracy']:.3f}, per-image AUC {zs['image_auc']:.3f}, {int(zs['n_breasts'])} held-out breasts"
+    )
     print(f"stage seconds    {summary.seconds}  (total {elapsed:.0f} s)")
     print(f"MLflow run       {summary.mlflow_run_id}")
     print(f"open the UI      {summary.ui_command()}")

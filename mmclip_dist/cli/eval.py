@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="model folder, runs:/<run_id>/model, or an MLflow run id")
     parser.add_argument("--shards", default=None, help="shard folder / s3:// prefix (default: data.eval_shards)")
-    parser.add_argument("--task", choices=("malignancy", "mass", "calcification", "density", "birads"), help="eval.task")
+    parser.add_argument(
+        "--task", choices=("malignancy", "mass", "calcification", "density", "birads"), help="eval.task"
+    )
     parser.add_argument("--mode", choices=("zeroshot", "linear", "finetune"), help="eval.mode")
     parser.add_argument("--log-to", metavar="RUN_ID", help="log into this MLflow run instead of a new eval run")
     parser.add_argument("--no-mlflow", action="store_true", help="print the table only, log nothing")
@@ -42,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     print_result(result)
     if not args.no_mlflow:
         run_id = log_result(result, cfg, args.model, args.shards, args.log_to)
-        print(f"MLflow run {run_id}: metrics {result.mode}/{result.task.name}/<method>/<metric>, "
-              f"figures under eval/{result.mode}/{result.task.name}/")
+        print(
+            f"MLflow run {run_id}: metrics {result.mode}/{result.task.name}/<method>/<metric>, "
+            f"figures under eval/{result.mode}/{result.task.name}/"
+        )
     print(f"done in {result.seconds:.0f} s")
     return 0

@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from mmclip_dist.data.adapters import AdapterError
-    from mmclip_dist.data.build import build_shards
-    from mmclip_dist.data.deid import SaltError
+    from mmclip_dist.data.build.adapters import AdapterError
+    from mmclip_dist.data.build.builder import build_shards
+    from mmclip_dist.data.build.deid import SaltError
 
     cfg = config_from_args(args).shards
     try:
@@ -40,20 +40,25 @@ def run_build(args: argparse.Namespace) -> int:
     for split, info in manifest["splits"].items():
         labels = ", ".join(f"{name} {count}" for name, count in info["labels"].items())
         print(f"{split:11s} {info['samples']} samples in {len(info['shards'])} shards ({labels})")
-    print(f"rejects     {result.lost} of {result.samples + result.lost} inputs lost "
-          f"({result.reject_fraction:.1%}; limit {cfg.max_reject_fraction:.1%}); "
-          f"{len(result.rejects) - result.lost} extra images unused")
+    print(
+        f"rejects     {result.lost} of {result.samples + result.lost} inputs lost "
+        f"({result.reject_fraction:.1%}; limit {cfg.max_reject_fraction:.1%}); "
+        f"{len(result.rejects) - result.lost} extra images unused"
+    )
     for reason, count in result.rejects_by_reason().items():
         print(f"  {reason:30s} {count}")
     if result.reject_fraction > cfg.max_reject_fraction:
-        print(f"error: {result.reject_fraction:.1%} of inputs rejected, more than shards.max_reject_fraction="
-              f"{cfg.max_reject_fraction} (details: rejects.jsonl in the output)", file=sys.stderr)
+        print(
+            f"error: {result.reject_fraction:.1%} of inputs rejected, more than shards.max_reject_fraction="
+            f"{cfg.max_reject_fraction} (details: rejects.jsonl in the output)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from mmclip_dist.data.shard_writer import ShardSink, verify_output
+    from mmclip_dist.data.build.shard_writer import ShardSink, verify_output
 
     problems = verify_output(ShardSink(args.output, args.endpoint, create=False))
     for problem in problems:

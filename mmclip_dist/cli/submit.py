@@ -21,8 +21,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from mmclip_dist.cli.common import add_config_args
 from mmclip_dist.config import load_config

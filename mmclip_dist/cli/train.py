@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
-from mmclip_dist.config import Config
+from mmclip_dist.train.ray_env import connect_ray
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,25 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def connect_ray(cfg: Config) -> None:
-    """Join the cluster named by RAY_ADDRESS (set inside Ray jobs), else start a local one on 127.0.0.1."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return
-    from mmclip_dist.train.ray_cluster import init_local_ray
-
-    init_local_ray(num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker)
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume:
         cfg.train.resume = True
-    connect_ray(cfg)  # first: Ray must be configured before anything imports it
+    connect_ray(
+        cfg.train.num_workers * cfg.train.cpus_per_worker
+    )  # first: Ray must be configured before anything imports it
     from mmclip_dist.train.trainer import run_training
 
     result = run_training(cfg)

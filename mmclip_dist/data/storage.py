@@ -282,7 +282,11 @@ class _S3ReadStream(io.RawIOBase):
                 attempt += 1
                 log.warning(
                     "read of s3://%s/%s dropped at byte %d (%s); reconnecting (attempt %d)",
-                    self._storage.bucket, self._key, self._pos, type(err).__name__, attempt,
+                    self._storage.bucket,
+                    self._key,
+                    self._pos,
+                    type(err).__name__,
+                    attempt,
                 )
                 self._close_body()
                 self._open()
@@ -404,7 +408,7 @@ class S3Storage(Storage):
         def listing() -> list[str]:
             keys: list[str] = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix):
-                keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", []))
+                keys.extend(obj["Key"][len(root) :] for obj in page.get("Contents", []))
             return keys
 
         return sorted(self.retry.run(f"LIST s3://{self.bucket}/{root}{prefix}", listing))
@@ -427,7 +431,7 @@ def open_storage(url: str, endpoint: str | None = None) -> Storage:
     if url.startswith("s3://"):
         return S3Storage(url, endpoint)
     if url.startswith("file://"):
-        return LocalStorage(url[len("file://"):])
+        return LocalStorage(url[len("file://") :])
     if "://" in url:
         raise ValueError(f"unsupported storage URL {url!r}: use a local folder or s3://bucket/prefix")
     return LocalStorage(url)
@@ -439,7 +443,7 @@ def split_url(url: str) -> tuple[str, str]:
         bucket, key = _split_s3(url)
         parent, _, name = key.rpartition("/")
         return (f"s3://{bucket}/{parent}" if parent else f"s3://{bucket}"), name
-    path = Path(url[len("file://"):] if url.startswith("file://") else url)
+    path = Path(url[len("file://") :] if url.startswith("file://") else url)
     return str(path.parent), path.name
 
 

@@ -548,4 +548,3 @@ def summary_dict(summary: SyntheticSummary) -> dict[str, Any]:
     out = asdict(summary)
     out["root"] = str(summary.root)
     return out
-

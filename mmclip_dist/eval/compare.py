@@ -115,16 +115,18 @@ def comparison_table(comp: Comparison) -> Table:
 
 def print_comparison(comp: Comparison, console: Console | None = None) -> None:
     # Wide enough that no cell is wrapped or cut: the table is often piped to a file or a log.
-    width = 4 + max(len(k) for k in [*comp.params, *comp.metrics, "params that differ"]) + sum(
-        3 + max([len(label), 12, *(len(v or "") for vals in comp.params.values() for v in vals)])
-        for label in comp.labels
+    width = (
+        4
+        + max(len(k) for k in [*comp.params, *comp.metrics, "params that differ"])
+        + sum(
+            3 + max([len(label), 12, *(len(v or "") for vals in comp.params.values() for v in vals)])
+            for label in comp.labels
+        )
     )
     (console or Console(width=max(width, 80))).print(comparison_table(comp))
 
 
-def plot_histories(
-    client: MlflowClient, runs: Sequence[Run], metrics: Sequence[str], path: Path | str
-) -> Path:
+def plot_histories(client: MlflowClient, runs: Sequence[Run], metrics: Sequence[str], path: Path | str) -> Path:
     """Overlay each metric's history of every run in one PNG (one panel per metric)."""
     hist = metric_histories(client, runs, metrics)
     present = [m for m in metrics if any(m in h for h in hist.values())]

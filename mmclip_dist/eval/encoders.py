@@ -56,7 +56,9 @@ def encoder_from_mmclip(model: Any) -> ImageEncoder:
     return ImageEncoder(copy.deepcopy(model.region_focus), copy.deepcopy(model.visual))
 
 
-def baseline_encoder(cfg: ModelConfig, which: Literal["random", "imagenet"], seed: int = 0, weights: str = "") -> ImageEncoder:
+def baseline_encoder(
+    cfg: ModelConfig, which: Literal["random", "imagenet"], seed: int = 0, weights: str = ""
+) -> ImageEncoder:
     """The same architecture as ``cfg`` with random weights, or with ImageNet weights (``weights``:
     ``'timm'`` or a timm checkpoint file); raises :class:`BaselineUnavailable` when those cannot be had."""
     if which == "imagenet":
@@ -68,7 +70,9 @@ def baseline_encoder(cfg: ModelConfig, which: Literal["random", "imagenet"], see
         try:
             visual = _visual(cfg, weights)
         except Exception as err:  # noqa: BLE001 - any download / file failure means "not available"
-            raise BaselineUnavailable(f"ImageNet baseline skipped: cannot load {cfg.backbone} weights {weights!r} ({err})") from err
+            raise BaselineUnavailable(
+                f"ImageNet baseline skipped: cannot load {cfg.backbone} weights {weights!r} ({err})"
+            ) from err
     elif which == "random":
         torch.manual_seed(seed)
         visual = _visual(cfg, "")

@@ -117,7 +117,9 @@ def fit_linear_probe(task: Task, train: ViewFeatures, cfg: EvalConfig) -> ProbeF
     labels = task.labels(train.metas)
     keep = labels != UNKNOWN
     if np.unique(labels[keep]).size < 2:
-        raise ValueError(f"{task.name}: the training split has labels {sorted(set(labels[keep].tolist()))}; need two classes")
+        raise ValueError(
+            f"{task.name}: the training split has labels {sorted(set(labels[keep].tolist()))}; need two classes"
+        )
     feats, labels = train.features[keep], labels[keep]
     val = patient_split([p for p, k in zip(patient_ids(train.metas), keep) if k], cfg.val_fraction, cfg.seed)
     grid = sorted(cfg.probe_c)
@@ -136,7 +138,9 @@ def fit_linear_probe(task: Task, train: ViewFeatures, cfg: EvalConfig) -> ProbeF
             if _better(scores[c], best):
                 best_c, best = c, scores[c]
     if np.isnan(best):
-        log.warning("%s probe: no usable validation score (val_fraction=%s); using C=%s", task.name, cfg.val_fraction, best_c)
+        log.warning(
+            "%s probe: no usable validation score (val_fraction=%s); using C=%s", task.name, cfg.val_fraction, best_c
+        )
     x_all, y_all = _images(feats, labels)
     return ProbeFit(best_c, scores, _logreg(best_c, cfg.seed).fit(x_all, y_all), int((~val).sum()), int(val.sum()))
 
@@ -270,7 +274,9 @@ def finetune(
         fit.train_losses.append(total / max(1, order.numel()))
         score = selection_score(task, y_val, _predict_images(model, x_val, m_val, bs)) if val_idx.size else float("nan")
         fit.val_scores.append(score)
-        log_fn(f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}: train loss {fit.train_losses[-1]:.4f}, val score {score:.4f}")
+        log_fn(
+            f"fine-tune epoch {epoch + 1}/{cfg.finetune_epochs}: train loss {fit.train_losses[-1]:.4f}, val score {score:.4f}"
+        )
         if _better(score, best):
             best, fit.best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())

@@ -80,7 +80,12 @@ def eval_data_config(data: DataConfig, model: Any) -> DataConfig:
     if trained is not None:
         for name in ("image_size", "max_rois", "max_text_len"):
             if getattr(out, name) != getattr(trained, name):
-                log.info("data.%s=%s from the model export (config said %s)", name, getattr(trained, name), getattr(out, name))
+                log.info(
+                    "data.%s=%s from the model export (config said %s)",
+                    name,
+                    getattr(trained, name),
+                    getattr(out, name),
+                )
             setattr(out, name, getattr(trained, name))
     return out
 
@@ -125,7 +130,13 @@ def _zeroshot(task: Task, cfg: Config, model: Any, tokenizer: Any, data: DataCon
     prompts = [task_prompts(task.name, v) for v in VIEWS]
     metas: list[dict[str, Any]] = []
     keys, probs = zero_shot_view_probs(
-        model, tokenizer, test, prompts, data.max_text_len, cfg.eval.use_masks, on_batch=lambda b: metas.extend(b["meta"])
+        model,
+        tokenizer,
+        test,
+        prompts,
+        data.max_text_len,
+        cfg.eval.use_masks,
+        on_batch=lambda b: metas.extend(b["meta"]),
     )
     details = {"prompts_per_class": {c: len(p) for c, p in prompts[0].items()}}
     return {MODEL_METHOD: (metas, keys, probs)}, {MODEL_METHOD: details}
@@ -176,10 +187,16 @@ def _finetune(task: Task, cfg: Config, encoders: dict[str, Any], train: Iterable
     outputs, details = {}, {}
     for method, encoder in encoders.items():
         log_fn(f"fine-tuning {method} ({cfg.eval.finetune_epochs} epochs, lr {cfg.eval.finetune_lr})")
-        fit = finetune(task, encoder, train_cache, cfg.eval, cfg.eval.use_masks, log_fn=lambda m, p=method: log_fn(f"{p}: {m}"))
+        fit = finetune(
+            task, encoder, train_cache, cfg.eval, cfg.eval.use_masks, log_fn=lambda m, p=method: log_fn(f"{p}: {m}")
+        )
         probs = predict_finetuned(fit.model, test_cache, cfg.eval.batch_size, cfg.eval.use_masks)
         outputs[method] = (test_cache.metas, test_cache.keys, probs)
-        details[method] = {"best_epoch": fit.best_epoch + 1, "val_scores": fit.val_scores, "train_losses": fit.train_losses}
+        details[method] = {
+            "best_epoch": fit.best_epoch + 1,
+            "val_scores": fit.val_scores,
+            "train_losses": fit.train_losses,
+        }
     return outputs, details
 
 
@@ -188,8 +205,8 @@ def evaluate(
     figures: bool = True,
 ) -> EvalResult:  # fmt: skip
     """Score ``cfg.eval.task`` with ``cfg.eval.mode`` on the test split of ``shards`` (default ``data.eval_shards``)."""
-    from mmclip_dist.data.loader import list_shards, make_eval_loader
-    from mmclip_dist.train.tracking import resolve_tracking_uri
+    from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
+    from mmclip_dist.tracking import resolve_tracking_uri
 
     started = time.perf_counter()
     task = get_task(cfg.eval.task)
@@ -201,20 +218,27 @@ def evaluate(
         raise ValueError("no shards to evaluate on: pass --shards or set data.eval_shards")
     test_shards = list_shards(url, data.s3_endpoint, None if "{" in url or url.endswith(".tar") else data.eval_split)
     test = make_eval_loader(test_shards, data, tokenizer, cfg.eval.batch_size)
-    log_fn(f"model {folder}; task {task.name} ({task.description}); mode {mode}; {len(test_shards)} test shard(s) at {url}")
+    log_fn(
+        f"model {folder}; task {task.name} ({task.description}); mode {mode}; {len(test_shards)} test shard(s) at {url}"
+    )
 
     skipped: dict[str, str] = {}
     if mode == "zeroshot":
         if cfg.eval.baselines:
-            skipped = {BASELINE_METHODS[b]: "zero-shot needs the text encoder: baselines apply to linear / finetune" for b in cfg.eval.baselines}
+            skipped = {
+                BASELINE_METHODS[b]: "zero-shot needs the text encoder: baselines apply to linear / finetune"
+                for b in cfg.eval.baselines
+            }
         outputs, details = _zeroshot(task, cfg, model, tokenizer, data, test)
     else:
         train_url = cfg.data.train_shards or url
         train_shards = list_shards(train_url, data.s3_endpoint, data.train_split)
         shared = sorted(set(train_shards) & set(test_shards))
         if shared:  # e.g. one brace pattern given for both: the probe would be fitted on the test breasts
-            raise ValueError(f"train and test shards overlap ({shared[:3]}...): give a folder holding both splits "
-                             "or set data.train_shards to the training shards")
+            raise ValueError(
+                f"train and test shards overlap ({shared[:3]}...): give a folder holding both splits "
+                "or set data.train_shards to the training shards"
+            )
         train = make_eval_loader(train_shards, data, tokenizer, cfg.eval.batch_size)
         encoders, skipped = _encoders(cfg, model, log_fn)
         protocol = _linear if mode == "linear" else _finetune
@@ -312,9 +336,7 @@ def print_result(result: EvalResult, console: Console | None = None) -> None:
             console.print(f"{method}: {chosen}", highlight=False)
 
 
-def log_result(
-    result: EvalResult, cfg: Config, model_ref: str, shards: str | None, log_to: str | None = None
-) -> str:
+def log_result(result: EvalResult, cfg: Config, model_ref: str, shards: str | None, log_to: str | None = None) -> str:
     """Log metrics, label source, details and figures to MLflow; returns the run id.
 
     ``log_to``: an existing run (e.g. the training run of the model); otherwise a new run in
@@ -325,7 +347,7 @@ def log_result(
     from mlflow.tracking import MlflowClient
 
     from mmclip_dist.eval.plots import log_figures_to_mlflow
-    from mmclip_dist.train.tracking import loggable_params, resolve_tracking_uri
+    from mmclip_dist.tracking import loggable_params, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking)
     client = MlflowClient(uri)

@@ -52,7 +52,9 @@ def known(task: Task, metas: Sequence[dict[str, Any]]) -> np.ndarray:
     return task.labels(metas) != UNKNOWN
 
 
-def make_predictions(task: Task, metas: Sequence[dict[str, Any]], keys: Sequence[str], probs: np.ndarray) -> Predictions:
+def make_predictions(
+    task: Task, metas: Sequence[dict[str, Any]], keys: Sequence[str], probs: np.ndarray
+) -> Predictions:
     """Keep the breasts with a known label; ``probs [N, 2, K]`` must have one row per entry of ``metas``."""
     labels = task.labels(metas)
     if probs.shape[:2] != (len(metas), 2) or probs.shape[2] != len(task.classes):
@@ -95,13 +97,19 @@ def binary_task_metrics(pred: Predictions, bootstrap: int, seed: int = 0) -> dic
         return float(balanced_accuracy_score(yy, (pp >= 0.5).astype(np.int64)))
 
     _with_ci(out, "breast_roc_auc", bootstrap_ci(roc_auc_score, y, breast, n=bootstrap, seed=seed, groups=patients))
-    _with_ci(out, "breast_balanced_accuracy", bootstrap_ci(balanced, y, breast, n=bootstrap, seed=seed, groups=patients))
-    _with_ci(out, "image_roc_auc", bootstrap_ci(roc_auc_score, image_y, image_p, n=bootstrap, seed=seed, groups=breast_ids))
+    _with_ci(
+        out, "breast_balanced_accuracy", bootstrap_ci(balanced, y, breast, n=bootstrap, seed=seed, groups=patients)
+    )
+    _with_ci(
+        out, "image_roc_auc", bootstrap_ci(roc_auc_score, image_y, image_p, n=bootstrap, seed=seed, groups=breast_ids)
+    )
     _with_ci(out, "breast_pf1", bootstrap_ci(probabilistic_f1, y, breast, n=bootstrap, seed=seed, groups=patients))
     return out
 
 
-def multiclass_task_metrics(pred: Predictions, class_names: Sequence[str], bootstrap: int, seed: int = 0) -> dict[str, float]:
+def multiclass_task_metrics(
+    pred: Predictions, class_names: Sequence[str], bootstrap: int, seed: int = 0
+) -> dict[str, float]:
     """Per-image and per-breast multi-class metrics (argmax), CIs on macro AUC and balanced accuracy."""
     y = pred.labels
     breast = pred.breast_probs
@@ -119,7 +127,9 @@ def multiclass_task_metrics(pred: Predictions, class_names: Sequence[str], boots
 
     if np.unique(y).size > 1:  # one class only: AUCs are NaN and a CI means nothing
         _with_ci(out, "breast_macro_auc", bootstrap_ci(macro_auc, y, breast, n=bootstrap, seed=seed, groups=patients))
-        _with_ci(out, "breast_balanced_accuracy", bootstrap_ci(balanced, y, breast, n=bootstrap, seed=seed, groups=patients))
+        _with_ci(
+            out, "breast_balanced_accuracy", bootstrap_ci(balanced, y, breast, n=bootstrap, seed=seed, groups=patients)
+        )
     return out
 
 

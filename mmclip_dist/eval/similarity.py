@@ -32,7 +32,9 @@ def similarity_matrices(model: Any, batch: dict[str, Any]) -> dict[str, np.ndarr
         has_roi = out.roi_valid[:, v].any(-1)
         if has_roi.sum() >= 2:
             roi = model.roi_matcher(
-                out.roi_feats[has_roi, v], out.roi_valid[has_roi, v], out.text_tokens[has_roi, v],
+                out.roi_feats[has_roi, v],
+                out.roi_valid[has_roi, v],
+                out.text_tokens[has_roi, v],
                 out.text_mask[has_roi, v],
             )
             matrices[f"roi_{view}"] = (scales[2 + v] * roi.float()).cpu().numpy()

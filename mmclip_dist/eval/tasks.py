@@ -118,12 +118,18 @@ TASKS: dict[str, Task] = {
         "malignancy", ("benign", "malignant"), "benign vs malignant breast", _malignancy, _malignancy_source
     ),
     "mass": Task(
-        "mass", ("absent", "present"), "a mass is annotated on the breast",
-        _has_finding(lambda p: p == "mass"), lambda _: "annotation",
+        "mass",
+        ("absent", "present"),
+        "a mass is annotated on the breast",
+        _has_finding(lambda p: p == "mass"),
+        lambda _: "annotation",
     ),
     "calcification": Task(
-        "calcification", ("absent", "present"), "calcifications are annotated on the breast",
-        _has_finding(lambda p: "calcification" in p), lambda _: "annotation",
+        "calcification",
+        ("absent", "present"),
+        "calcifications are annotated on the breast",
+        _has_finding(lambda p: "calcification" in p),
+        lambda _: "annotation",
     ),
     "density": Task("density", DENSITY_CLASSES, "ACR breast density A-D", _density, lambda _: "radiologist"),
     "birads": Task(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmclip_dist.data.reports import Finding, view_report
+from mmclip_dist.data.build.reports import Finding, view_report
 from mmclip_dist.eval.metrics import binary_metrics, bootstrap_ci
 
 VIEWS = ("cc", "mlo")
@@ -35,9 +35,14 @@ def malignancy_prompts(view: str, label_source: str = "birads_proxy") -> dict[st
     for name, (malignant, birads_values) in classes.items():
         prompts[name] = [
             view_report(
-                laterality=laterality, view=view, density=density, birads=birads,
+                laterality=laterality,
+                view=view,
+                density=density,
+                birads=birads,
                 findings=[Finding(label=finding, box=box, birads=max(birads, 3))],
-                content=(0.0, 0.0, 1.0, 1.0), chest_wall="left", label_malignant=malignant,
+                content=(0.0, 0.0, 1.0, 1.0),
+                chest_wall="left",
+                label_malignant=malignant,
                 label_source=label_source,
             )
             for laterality, density, finding, birads, box in itertools.product(
@@ -64,8 +69,14 @@ def _ensemble(
         for birads, box in itertools.product(birads_values, _BOXES if finding else _BOXES[:1]):
             findings = [Finding(label=finding, box=box, birads=max(birads, 3))] if finding else []
             text = view_report(
-                laterality=laterality, view=view, density=density, birads=birads, findings=findings,
-                content=(0.0, 0.0, 1.0, 1.0), chest_wall="left", label_malignant=malignant,
+                laterality=laterality,
+                view=view,
+                density=density,
+                birads=birads,
+                findings=findings,
+                content=(0.0, 0.0, 1.0, 1.0),
+                chest_wall="left",
+                label_malignant=malignant,
                 label_source=label_source,
             )
             texts[text] = None
@@ -187,8 +198,13 @@ def zero_shot_malignancy(
 
 @torch.no_grad()
 def zero_shot_view_probs(
-    model: Any, tokenizer: Any, batches: Iterable[dict[str, Any]], view_prompts: list[dict[str, list[str]]],
-    max_len: int, use_masks: bool = True, on_batch: Callable[[dict[str, Any]], None] | None = None,
+    model: Any,
+    tokenizer: Any,
+    batches: Iterable[dict[str, Any]],
+    view_prompts: list[dict[str, list[str]]],
+    max_len: int,
+    use_masks: bool = True,
+    on_batch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """``(keys, probs [N, 2, C])``: softmax over the class prompts of each view (``view_prompts[v]``).
 
@@ -203,8 +219,9 @@ def zero_shot_view_probs(
     probs: list[np.ndarray] = []
     for batch in batches:
         masks = batch["masks"] if use_masks else torch.zeros_like(batch["masks"])
-        image = model.encode_image(batch["images"].to(device), masks.to(device), batch["boxes"].to(device),
-                                   batch["box_valid"].to(device))
+        image = model.encode_image(
+            batch["images"].to(device), masks.to(device), batch["boxes"].to(device), batch["box_valid"].to(device)
+        )
         logits = torch.stack([view_logits(model, image, prompts[v], v) for v in range(len(view_prompts))], dim=1)
         probs.append(logits.softmax(-1).cpu().numpy())
         keys.extend(batch["keys"])

@@ -49,7 +49,9 @@ def set_rng_state(state: RNGState) -> None:
 
 
 def _float_fields(out: MMCLIPOutput) -> list[str]:
-    return [f.name for f in fields(out) if getattr(out, f.name) is not None and getattr(out, f.name).is_floating_point()]
+    return [
+        f.name for f in fields(out) if getattr(out, f.name) is not None and getattr(out, f.name).is_floating_point()
+    ]
 
 
 class FeatureCache:
@@ -105,7 +107,8 @@ class FeatureCache:
         leaves = [getattr(full, name) for name in names]
         grads = torch.autograd.grad(terms["loss"], leaves, allow_unused=True)
         feature_grads = {
-            name: (torch.zeros_like(leaf) if g is None else g).split(sizes) for name, leaf, g in zip(names, leaves, grads)
+            name: (torch.zeros_like(leaf) if g is None else g).split(sizes)
+            for name, leaf, g in zip(names, leaves, grads)
         }
         end_state = get_rng_state()
         result = {k: v.detach() for k, v in terms.items()}

@@ -44,9 +44,7 @@ def _portable_model_config(cfg: ModelConfig) -> dict:
     return {"model": data, "source": source}
 
 
-def save_pretrained(
-    model: "MMCLIP", folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None
-) -> Path:
+def save_pretrained(model: MMCLIP, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` (or the given consolidated ``state_dict``) to ``folder``; returns the folder."""
     out = Path(folder)
     (out / TEXT_DIR).mkdir(parents=True, exist_ok=True)
@@ -67,7 +65,7 @@ def save_pretrained(
     return out
 
 
-def load_pretrained(folder: str | Path) -> "MMCLIP":
+def load_pretrained(folder: str | Path) -> MMCLIP:
     """Rebuild the model from ``folder``'s configs and load its weights (strict)."""
     from mmclip_dist.model.mmclip import MMCLIP
     from mmclip_dist.model.text import TextEncoder

@@ -40,11 +40,11 @@ class MMCLIPOutput:
     text_tokens: torch.Tensor | None = None  # [..., L, Dr] token features projected by L (Eq. 5)
     text_mask: torch.Tensor | None = None  # [..., L] bool, True on real tokens
 
-    def detach(self) -> "MMCLIPOutput":
+    def detach(self) -> MMCLIPOutput:
         return MMCLIPOutput(**{f.name: _maybe(getattr(self, f.name), torch.Tensor.detach) for f in fields(self)})
 
     @staticmethod
-    def cat(outputs: list["MMCLIPOutput"], dim: int = 0) -> "MMCLIPOutput":
+    def cat(outputs: list[MMCLIPOutput], dim: int = 0) -> MMCLIPOutput:
         """Concatenate micro-batch outputs along the batch dimension (all must have the same fields set)."""
         merged: dict[str, Any] = {}
         for f in fields(MMCLIPOutput):
@@ -60,9 +60,7 @@ def _maybe(value: torch.Tensor | None, fn) -> torch.Tensor | None:
 class MMCLIP(nn.Module):
     """Multi-granularity mammography CLIP: global image/text embeddings plus RoI and token features."""
 
-    def __init__(
-        self, cfg: ModelConfig, text_encoder: TextEncoder, data_cfg: DataConfig | None = None
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, text_encoder: TextEncoder, data_cfg: DataConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.data_cfg = data_cfg
@@ -86,7 +84,7 @@ class MMCLIP(nn.Module):
         return dict(embed_dim=cfg.embed_dim, roi_dim=cfg.roi_match_dim, dropout=cfg.dropout, pooling=cfg.text_pooling)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, data_cfg: DataConfig | None = None) -> "MMCLIP":
+    def from_config(cls, cfg: ModelConfig, data_cfg: DataConfig | None = None) -> MMCLIP:
         """Build from the config; the text encoder goes through ``AutoModel.from_pretrained(cfg.text_encoder)``."""
         text = TextEncoder.from_name(cfg.text_encoder, **cls._text_kwargs(cfg))
         model = cls(cfg, text, data_cfg)
@@ -94,7 +92,7 @@ class MMCLIP(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "MMCLIP":
+    def from_pretrained(cls, folder: str | Path) -> MMCLIP:
         """Load a folder written by :meth:`save_pretrained` (no DeepSpeed, no hub access needed)."""
         from mmclip_dist.model.checkpoint import load_pretrained
 

@@ -55,18 +55,16 @@ class TextEncoder(nn.Module):
         self.token_proj = nn.Linear(hidden, roi_dim)
 
     @classmethod
-    def from_name(cls, name_or_path: str, **kwargs) -> "TextEncoder":
+    def from_name(cls, name_or_path: str, **kwargs) -> TextEncoder:
         return cls(load_text_backbone(name_or_path), **kwargs)
 
     @classmethod
-    def from_hf_config(cls, config: PretrainedConfig | str, **kwargs) -> "TextEncoder":
+    def from_hf_config(cls, config: PretrainedConfig | str, **kwargs) -> TextEncoder:
         if isinstance(config, str):
             config = AutoConfig.from_pretrained(config)
         return cls(text_backbone_from_config(config), **kwargs)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, L]`` ids and mask -> (text feature ``[N, D]`` unnormalised, token features ``[N, L, Dr]``)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":

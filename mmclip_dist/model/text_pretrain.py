@@ -18,8 +18,13 @@ from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguage
 
 
 def pretrain_mlm(
-    folder: str | Path, texts: Sequence[str], steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-    max_length: int = 128, seed: int = 0,
+    folder: str | Path,
+    texts: Sequence[str],
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    max_length: int = 128,
+    seed: int = 0,
 ) -> float:
     """Train the BERT saved in ``folder`` with MLM on ``texts`` and save it back; returns the final loss."""
     folder = Path(folder)

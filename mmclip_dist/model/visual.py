@@ -22,9 +22,7 @@ from torchvision.ops import roi_align
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
     """Two-layer projection head (Linear-GELU-Dropout-Linear) used for every head of the model."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
-    )
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim))
 
 
 def create_backbone(name: str, weights: str = "") -> nn.Module:
@@ -40,9 +38,7 @@ def create_backbone(name: str, weights: str = "") -> nn.Module:
         return timm.create_model(name, pretrained=True, **kwargs)
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"model.backbone_weights={weights!r}: not '', 'timm', nor an existing checkpoint file"
-        )
+        raise FileNotFoundError(f"model.backbone_weights={weights!r}: not '', 'timm', nor an existing checkpoint file")
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
 
 

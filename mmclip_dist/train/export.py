@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmclip_dist.config import Config
-from mmclip_dist.train.tracking import RunLogger
+from mmclip_dist.tracking import RunLogger
 
 
 def export_model(engine: Any, cfg: Config, rank: int, logger: RunLogger) -> None:

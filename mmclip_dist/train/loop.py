@@ -2,7 +2,7 @@
 
 Read it top to bottom: build → restore → for each step: fetch micro-batches, feature-cache step
 (forward all, loss over the global batch, replay + backward), log, checkpoint → export.
-``hooks`` are test hooks (``mmclip_dist.train.hooks``), inert unless their env variables are set.
+``train.step_callback`` names an optional per-step callback (``train/callbacks.py``), e.g. fault-injection tests.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 
 from mmclip_dist.config import Config
-from mmclip_dist.train.hooks import HOOK_ENVS, StepHooks
+from mmclip_dist.tracking import RunLogger
+from mmclip_dist.train.callbacks import load_step_callback
 from mmclip_dist.train.state import TrainState, restore, save_and_report
-from mmclip_dist.train.steps import step_stream
-from mmclip_dist.train.tracking import RunLogger
+from mmclip_dist.train.step_batches import step_stream
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -39,8 +39,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)  # same init everywhere; DeepSpeed also broadcasts rank 0's weights
     model = MMCLIP.from_config(cfg.model, cfg.data)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=build_deepspeed_config(cfg.train, world), dist_init_required=False,
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=build_deepspeed_config(cfg.train, world),
+        dist_init_required=False,
     )
     restored = restore(engine, rank)  # also restores this rank's RNG, so dropout continues exactly
     if restored is None:
@@ -52,7 +54,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cache = FeatureCache(MMCLIPLoss(cfg.loss), engine.module)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
-    hooks = StepHooks(rank, state.step)
+    callback = load_step_callback(cfg.train.step_callback, rank, state.step)
 
     def backward(surrogate: torch.Tensor) -> None:
         # The cache hands us gradients of the *global* loss, so DeepSpeed must not divide by GAS again;
@@ -84,8 +86,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         every = cfg.train.checkpoint_every
         if (every and state.step % every == 0) or state.step == cfg.train.max_steps:
             save_and_report(engine, state, metrics, rank)
-        if hooks.after_step(state.step):
-            break  # a test ending the job after this checkpoint, like a preemption: no export
+        if callback is not None and callback.after_step(state.step):
+            break  # ended after this checkpoint, like a preemption: no export
     else:
         export_model(engine, cfg, rank, logger)
     logger.close()
@@ -121,7 +123,8 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
-    for passthrough in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "MMCLIP_ID_SALT", *HOOK_ENVS):
-        if passthrough in os.environ:
-            env[passthrough] = os.environ[passthrough]
+    for name, value in os.environ.items():
+        # The project's own variables (MMCLIP_*: id salt, callback settings) follow the driver to every worker.
+        if name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") or name.startswith("MMCLIP_"):
+            env[name] = value
     return env

@@ -52,9 +52,7 @@ def save_and_report(engine: Any, state: TrainState, metrics: dict[str, float], r
         torch.save(_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
         if rank == 0:
             (Path(tmp) / STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report(
-            {**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
-        )
+        ray.train.report({**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def restore(engine: Any, rank: int) -> TrainState | None:

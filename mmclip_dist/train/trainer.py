@@ -18,9 +18,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mmclip_dist.config import Config
+from mmclip_dist.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
 from mmclip_dist.train.loop import train_worker, worker_env
 from mmclip_dist.train.state import STATE_FILE, TrainState
-from mmclip_dist.train.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
 
 
 @dataclass
@@ -79,7 +79,11 @@ def run_training(cfg: Config) -> TrainResult:
         run_id = start_run(cfg, train.run_name, {"ray_run": train.run_name})
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": tracking_uri},
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking_uri,
+        },
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}

@@ -20,11 +20,22 @@ LOSS_TERMS = ("loss", "loss_global", "loss_roi", "loss_cross_view")
 def test_debug_pipeline_logs_every_loss_term_and_eval_metrics(tmp_path: Path) -> None:
     workdir = tmp_path / "debug"
     command = [
-        sys.executable, "-m", "mmclip_dist.cli.main", "debug",
-        "--config", str(REPO / "launch/configs/debug.yaml"), "--workdir", str(workdir),
-        "synthetic.num_patients=24", "synthetic.test_fraction=0.34",
-        "shards.shard_max_samples=8", "train.micro_batch=8",  # 2 ranks x 8 x 2 accumulation steps: the feature cache runs
-        "train.max_steps=4", "train.checkpoint_every=2", "train.warmup_steps=1", "eval.bootstrap=50",
+        sys.executable,
+        "-m",
+        "mmclip_dist.cli.main",
+        "debug",
+        "--config",
+        str(REPO / "launch/configs/debug.yaml"),
+        "--workdir",
+        str(workdir),
+        "synthetic.num_patients=24",
+        "synthetic.test_fraction=0.34",
+        "shards.shard_max_samples=8",
+        "train.micro_batch=8",  # 2 ranks x 8 x 2 accumulation steps: the feature cache runs
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "train.warmup_steps=1",
+        "eval.bootstrap=50",
     ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -11,15 +11,15 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from mmclip_dist.cli import submit
 from mmclip_dist.cli.main import build_parser
 from mmclip_dist.config import ConfigError
-from mmclip_dist.net import free_loopback_ports
+from mmclip_dist.loopback import free_loopback_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -58,7 +58,10 @@ def test_token_errors(tmp_path: Path) -> None:
 def test_parse_env() -> None:
     local = {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
     assert submit.parse_env(["A=1", "B=x=y", "MLFLOW_TRACKING_URI", "C="], local) == {
-        "A": "1", "B": "x=y", "MLFLOW_TRACKING_URI": "http://mlflow:5000", "C": ""
+        "A": "1",
+        "B": "x=y",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "C": "",
     }
     with pytest.raises(submit.SubmitError, match="not set in this shell"):
         submit.parse_env(["NOPE"], local)
@@ -69,8 +72,11 @@ def test_parse_env() -> None:
 
 
 def test_secret_names() -> None:
-    assert [n for n in ("AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
-            if submit.is_secret_name(n)] == ["AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"]
+    assert [
+        n
+        for n in ("AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
+        if submit.is_secret_name(n)
+    ] == ["AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"]
 
 
 def test_config_path_for_job(tmp_path: Path) -> None:
@@ -88,7 +94,12 @@ def test_entrypoint_is_a_train_command_the_cli_accepts() -> None:
     argv = shlex.split(entrypoint)
     assert argv[:2] == ["mmclip-dist", "train"]
     args = build_parser().parse_args(argv[1:])
-    assert (args.command, args.config, args.overrides, args.resume) == ("train", "launch/configs/debug.yaml", overrides, True)
+    assert (args.command, args.config, args.overrides, args.resume) == (
+        "train",
+        "launch/configs/debug.yaml",
+        overrides,
+        True,
+    )
 
 
 def test_runtime_env() -> None:
@@ -100,7 +111,14 @@ def test_runtime_env() -> None:
 def test_bad_override_fails_before_contacting_the_cluster() -> None:
     # Port 9 (discard) on loopback: nothing answers, so reaching it would be a connection error.
     args = build_parser().parse_args(
-        ["submit", "--address", "http://127.0.0.1:9", "--config", str(REPO / "launch/configs/debug.yaml"), "train.max_stepz=2"]
+        [
+            "submit",
+            "--address",
+            "http://127.0.0.1:9",
+            "--config",
+            str(REPO / "launch/configs/debug.yaml"),
+            "train.max_stepz=2",
+        ]
     )
     with pytest.raises(ConfigError, match="max_stepz"):
         args.func(args)
@@ -113,9 +131,17 @@ class RayHead:
     """``ray start --head --block`` in its own session; stopped by PID (never ``ray stop``, which
     would also kill other users' Ray processes on this machine)."""
 
-    PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-                  "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-                  "node-manager-port", "object-manager-port")
+    PORT_FLAGS = (
+        "port",
+        "dashboard-port",
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
 
     def __init__(self, token: str) -> None:
         # Short path: Ray's unix sockets live under the temp dir and the path limit is 107 bytes.
@@ -135,11 +161,23 @@ class RayHead:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
         }
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={self.temp_dir}",
-               "--disable-usage-stats", *[f"--{flag}={port}" for flag, port in ports.items()]]
-        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+            *[f"--{flag}={port}" for flag, port in ports.items()],
+        ]
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")  # noqa: SIM115  (held until stop())
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_ready(token)
 
     def _wait_ready(self, token: str, timeout: float = 90.0) -> None:
@@ -147,7 +185,9 @@ class RayHead:
         request = urllib.request.Request(f"{self.address}/api/version", headers={"Authorization": f"Bearer {token}"})
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited {self.proc.returncode}: {Path(self.log.name).read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"ray start exited {self.proc.returncode}: {Path(self.log.name).read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(request, timeout=2):
                     return
@@ -162,7 +202,7 @@ class RayHead:
 
         pids = {self.proc.pid, *(p.pid for p in psutil.Process(self.proc.pid).children(recursive=True))}
         out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-        return [l for l in out.splitlines() if any(f"pid={pid}," in l for pid in pids)]
+        return [line for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)]
 
     def stop(self) -> None:
         import psutil
@@ -197,8 +237,14 @@ def ray_head() -> Iterator[tuple[RayHead, str]]:
 
 
 def _submit(head: RayHead, args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "mmclip-dist"), "submit", "--address", head.address, *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "mmclip-dist"), "submit", "--address", head.address, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.integration
@@ -216,11 +262,11 @@ def test_submit_without_token_is_refused(ray_head: tuple[RayHead, str]) -> None:
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Synthetic shards and a 2-layer text encoder, built by the library code the debug pipeline uses."""
     from mmclip_dist.config import load_config
-    from mmclip_dist.data.build import build_shards
-    from mmclip_dist.data.loader import list_shards
+    from mmclip_dist.data.build.builder import build_shards
+    from mmclip_dist.data.stream.loader import list_shards
     from mmclip_dist.data.synthetic import generate_vindr_dataset
     from mmclip_dist.model.tokenizer import build_text_encoder_folder, train_wordpiece_tokenizer
-    from mmclip_dist.pipeline import prepare_debug_config, training_reports
+    from mmclip_dist.workflows.debug_run import prepare_debug_config, training_reports
 
     workdir = tmp_path_factory.mktemp("submit-inputs")
     cfg = load_config(REPO / "launch/configs/debug.yaml", ["synthetic.num_patients=12", "shards.shard_max_samples=8"])
@@ -241,15 +287,35 @@ def test_submit_trains_and_tracks(ray_head: tuple[RayHead, str], tiny_inputs: di
     head, token = ray_head
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [
-        f"data.train_shards={tiny_inputs['shards']}", f"data.eval_shards={tiny_inputs['shards']}",
-        f"model.text_encoder={tiny_inputs['text_encoder']}", f"train.storage_path={tmp_path / 'runs'}",
-        f"train.export_dir={tmp_path / 'model'}", "train.run_name=submit-test", "train.max_steps=2",
-        "train.checkpoint_every=2", "train.warmup_steps=1", "train.num_workers=1", "train.micro_batch=2",
-        "train.global_batch=2", "data.loader_workers=0",
+        f"data.train_shards={tiny_inputs['shards']}",
+        f"data.eval_shards={tiny_inputs['shards']}",
+        f"model.text_encoder={tiny_inputs['text_encoder']}",
+        f"train.storage_path={tmp_path / 'runs'}",
+        f"train.export_dir={tmp_path / 'model'}",
+        "train.run_name=submit-test",
+        "train.max_steps=2",
+        "train.checkpoint_every=2",
+        "train.warmup_steps=1",
+        "train.num_workers=1",
+        "train.micro_batch=2",
+        "train.global_batch=2",
+        "data.loader_workers=0",
     ]
     env = {**os.environ, "RAY_AUTH_TOKEN": token, "MLFLOW_TRACKING_URI": tracking_uri}
-    done = _submit(head, ["--config", "launch/configs/debug.yaml", "--env", "MLFLOW_TRACKING_URI",
-                          "--env", "DS_ACCELERATOR=cpu", *overrides], env, timeout=400)
+    done = _submit(
+        head,
+        [
+            "--config",
+            "launch/configs/debug.yaml",
+            "--env",
+            "MLFLOW_TRACKING_URI",
+            "--env",
+            "DS_ACCELERATOR=cpu",
+            *overrides,
+        ],
+        env,
+        timeout=400,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "finished: SUCCEEDED" in done.stdout
@@ -270,8 +336,19 @@ def test_failing_job_exits_non_zero(ray_head: tuple[RayHead, str], tmp_path: Pat
     env = {**os.environ, "RAY_AUTH_TOKEN": token}
     # Valid config, but a text encoder that does not exist: the job itself fails on the cluster
     # (max_failures=0: no Ray Train retries, so it fails on the first attempt).
-    done = _submit(head, ["--config", "launch/configs/debug.yaml", f"model.text_encoder={tmp_path / 'none'}",
-                          f"train.storage_path={tmp_path / 'runs'}", "train.max_failures=0",
-                          "--env", "HF_HUB_OFFLINE=1"], env, timeout=170)
+    done = _submit(
+        head,
+        [
+            "--config",
+            "launch/configs/debug.yaml",
+            f"model.text_encoder={tmp_path / 'none'}",
+            f"train.storage_path={tmp_path / 'runs'}",
+            "train.max_failures=0",
+            "--env",
+            "HF_HUB_OFFLINE=1",
+        ],
+        env,
+        timeout=170,
+    )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "finished: FAILED" in done.stdout

@@ -6,12 +6,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dataset_fixtures import finding, no_finding, vindr_rows, write_csv, write_vindr
 
+from mmclip_devtools.fixtures.datasets import finding, no_finding, vindr_rows, write_csv, write_vindr
 from mmclip_dist.config import ShardsConfig
-from mmclip_dist.data.adapters import AdapterError, parse_laterality_view, read_dataset
-from mmclip_dist.data.adapters.vindr import birads_proxy, parse_birads, parse_categories, parse_density
-from mmclip_dist.data.records import Reject
+from mmclip_dist.data.build.adapters import AdapterError, parse_laterality_view, read_dataset
+from mmclip_dist.data.build.adapters.vindr import birads_proxy, parse_birads, parse_categories, parse_density
+from mmclip_dist.data.build.records import Reject
 
 
 def _vindr_cfg(root: Path, **kw) -> ShardsConfig:
@@ -45,20 +45,23 @@ def test_vindr_value_parsers() -> None:
         parse_density("DENSITY E")
 
 
-@pytest.mark.parametrize(("birads", "mal_min", "ben_max", "expected"),
-                         [(5, 4, 3, 1), (4, 4, 3, 1), (3, 4, 3, 0), (1, 4, 3, 0), (4, 5, 2, -1), (3, 5, 2, -1),
-                          (2, 5, 2, 0)])
+@pytest.mark.parametrize(
+    ("birads", "mal_min", "ben_max", "expected"),
+    [(5, 4, 3, 1), (4, 4, 3, 1), (3, 4, 3, 0), (1, 4, 3, 0), (4, 5, 2, -1), (3, 5, 2, -1), (2, 5, 2, 0)],
+)
 def test_birads_proxy_thresholds(birads, mal_min, ben_max, expected) -> None:
     assert birads_proxy(birads, mal_min, ben_max) == expected
 
 
 def test_vindr_good_study(tmp_path: Path) -> None:
-    rows = vindr_rows("s1") 
+    rows = vindr_rows("s1")
     rows[2]["breast_birads"] = rows[3]["breast_birads"] = "BI-RADS 2"  # right breast benign
     findings = [
         finding(rows[0], (10.5, 12, 20, 22.25)),
         finding(rows[0], (30, 5, 40, 15), "['Suspicious Calcification', 'Mass']", "BI-RADS 5"),
-        no_finding(rows[1]), no_finding(rows[2]), no_finding(rows[3]),
+        no_finding(rows[1]),
+        no_finding(rows[2]),
+        no_finding(rows[3]),
     ]
     result = read_dataset(_vindr_cfg(write_vindr(tmp_path, rows, findings)))
     assert result.rejects == []
@@ -103,11 +106,22 @@ def test_vindr_bad_inputs_become_named_rejects(tmp_path: Path) -> None:
 
     result = read_dataset(_vindr_cfg(root))
     reasons = Counter(r.reason for r in result.rejects)
-    assert reasons == Counter({
-        "duplicate_id": 1, "bad_view": 1, "bad_laterality": 1, "missing_view": 2, "inverted_box": 1,
-        "bad_label": 1, "bad_split": 1, "missing_file": 1, "inconsistent_breast_labels": 1, "duplicate_view": 1,
-        "orphan_finding": 1, "bad_box": 1,
-    })
+    assert reasons == Counter(
+        {
+            "duplicate_id": 1,
+            "bad_view": 1,
+            "bad_laterality": 1,
+            "missing_view": 2,
+            "inverted_box": 1,
+            "bad_label": 1,
+            "bad_split": 1,
+            "missing_file": 1,
+            "inconsistent_breast_labels": 1,
+            "duplicate_view": 1,
+            "orphan_finding": 1,
+            "bad_box": 1,
+        }
+    )
     assert sorted(r.breast_id for r in result.records) == ["s9_L"]
     # Every reject names the CSV file and line it came from.
     dup = next(r for r in result.rejects if r.reason == "duplicate_id")
@@ -146,9 +160,22 @@ def test_vindr_missing_csv_is_fatal(tmp_path: Path) -> None:
 
 
 def _rsna_row(patient: str, image: str, lat: str, view: str, cancer: str = "0", **kw) -> dict:
-    return {"site_id": "1", "patient_id": patient, "image_id": image, "laterality": lat, "view": view, "age": "61",
-            "cancer": cancer, "biopsy": cancer, "invasive": "0", "BIRADS": kw.get("BIRADS", ""), "implant": "0",
-            "density": kw.get("density", ""), "machine_id": "49", "difficult_negative_case": "False"}
+    return {
+        "site_id": "1",
+        "patient_id": patient,
+        "image_id": image,
+        "laterality": lat,
+        "view": view,
+        "age": "61",
+        "cancer": cancer,
+        "biopsy": cancer,
+        "invasive": "0",
+        "BIRADS": kw.get("BIRADS", ""),
+        "implant": "0",
+        "density": kw.get("density", ""),
+        "machine_id": "49",
+        "difficult_negative_case": "False",
+    }
 
 
 def _touch(path: Path) -> None:
@@ -174,11 +201,16 @@ def test_rsna_breasts_labels_and_extra_views(tmp_path: Path) -> None:
     by_id = {r.breast_id: r for r in result.records}
     assert sorted(by_id) == ["10006_L", "10006_R"]
     left, right = by_id["10006_L"], by_id["10006_R"]
-    assert (left.label_malignant, left.label_source, left.density, left.birads, left.split) == (0, "pathology", "B", 2, "")
+    assert (left.label_malignant, left.label_source, left.density, left.birads, left.split) == (
+        0,
+        "pathology",
+        "B",
+        2,
+        "",
+    )
     assert right.label_malignant == 1
     assert Path(right.views["cc"].path).name == "999.dcm"  # lowest image_id among the two CCs
-    assert Counter(r.reason for r in result.rejects) == Counter({"other_view": 1, "duplicate_view": 1,
-                                                                 "bad_label": 1})
+    assert Counter(r.reason for r in result.rejects) == Counter({"other_view": 1, "duplicate_view": 1, "bad_label": 1})
     assert not any(r.counts for r in result.rejects if r.reason in ("other_view", "duplicate_view"))
 
 
@@ -186,22 +218,35 @@ def test_rsna_breasts_labels_and_extra_views(tmp_path: Path) -> None:
 
 
 def test_cbis_mass_and_calc_columns_merge_per_breast(tmp_path: Path) -> None:
-    from dataset_fixtures import CBIS_CALC_COLUMNS, CBIS_MASS_COLUMNS
+    from mmclip_devtools.fixtures.datasets import CBIS_CALC_COLUMNS, CBIS_MASS_COLUMNS
 
     def row(kind: str, patient: str, lat: str, view: str, abn: int, pathology: str, density_col: str) -> dict:
         folder = f"{kind}-Training_P_{patient}_{lat}_{view}"
-        return {"patient_id": f"P_{patient}", density_col: "3", "left or right breast": lat, "image view": view,
-                "abnormality id": abn, "abnormality type": kind.lower(), "assessment": "4", "pathology": pathology,
-                "subtlety": "3", "image file path": f"{folder}/1.2.3/1.2.4/000000.dcm",
-                "cropped image file path": f"{folder}_{abn}/1.2.5/1.2.6/000000.dcm",
-                "ROI mask file path": f"{folder}_{abn}/1.2.5/1.2.6/000001.dcm"}
+        return {
+            "patient_id": f"P_{patient}",
+            density_col: "3",
+            "left or right breast": lat,
+            "image view": view,
+            "abnormality id": abn,
+            "abnormality type": kind.lower(),
+            "assessment": "4",
+            "pathology": pathology,
+            "subtlety": "3",
+            "image file path": f"{folder}/1.2.3/1.2.4/000000.dcm",
+            "cropped image file path": f"{folder}_{abn}/1.2.5/1.2.6/000000.dcm",
+            "ROI mask file path": f"{folder}_{abn}/1.2.5/1.2.6/000001.dcm",
+        }
 
-    mass = [row("Mass", "00001", "LEFT", "CC", 1, "MALIGNANT", "breast_density"),
-            row("Mass", "00001", "LEFT", "MLO", 1, "MALIGNANT", "breast_density"),
-            row("Mass", "00001", "LEFT", "CC", 2, "BENIGN", "breast_density")]
-    calc = [row("Calc", "00002", "RIGHT", "CC", 1, "BENIGN_WITHOUT_CALLBACK", "breast density"),
-            row("Calc", "00002", "RIGHT", "MLO", 1, "BENIGN", "breast density"),
-            row("Calc", "00003", "RIGHT", "CC", 1, "MAYBE", "breast density")]
+    mass = [
+        row("Mass", "00001", "LEFT", "CC", 1, "MALIGNANT", "breast_density"),
+        row("Mass", "00001", "LEFT", "MLO", 1, "MALIGNANT", "breast_density"),
+        row("Mass", "00001", "LEFT", "CC", 2, "BENIGN", "breast_density"),
+    ]
+    calc = [
+        row("Calc", "00002", "RIGHT", "CC", 1, "BENIGN_WITHOUT_CALLBACK", "breast density"),
+        row("Calc", "00002", "RIGHT", "MLO", 1, "BENIGN", "breast density"),
+        row("Calc", "00003", "RIGHT", "CC", 1, "MAYBE", "breast density"),
+    ]
     write_csv(tmp_path / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, mass)
     write_csv(tmp_path / "calc_case_description_train_set.csv", CBIS_CALC_COLUMNS, calc)
     for r in mass + calc:
@@ -229,24 +274,70 @@ def test_cbis_without_csvs_is_fatal(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ generic
 
 
-GENERIC_COLUMNS = ["patient_id", "image_path", "laterality", "view", "label", "split", "density", "boxes",
-                   "box_labels", "mask_path", "report"]
+GENERIC_COLUMNS = [
+    "patient_id",
+    "image_path",
+    "laterality",
+    "view",
+    "label",
+    "split",
+    "density",
+    "boxes",
+    "box_labels",
+    "mask_path",
+    "report",
+]
 
 
 def test_generic_csv(tmp_path: Path) -> None:
     rows = [
-        {"patient_id": "p1", "image_path": "img/p1_lcc.dcm", "laterality": "LEFT", "view": "cc", "label": "malignant",
-         "split": "train", "density": "c", "boxes": "[[1, 2, 10, 12]]", "box_labels": '["Mass"]',
-         "mask_path": "img/p1_lcc_mask.png", "report": "Projection Position: LCC\nFree text."},
-        {"patient_id": "p1", "image_path": "img/p1_lmlo.dcm", "laterality": "L", "view": "MLO", "label": "1",
-         "split": "train"},
+        {
+            "patient_id": "p1",
+            "image_path": "img/p1_lcc.dcm",
+            "laterality": "LEFT",
+            "view": "cc",
+            "label": "malignant",
+            "split": "train",
+            "density": "c",
+            "boxes": "[[1, 2, 10, 12]]",
+            "box_labels": '["Mass"]',
+            "mask_path": "img/p1_lcc_mask.png",
+            "report": "Projection Position: LCC\nFree text.",
+        },
+        {
+            "patient_id": "p1",
+            "image_path": "img/p1_lmlo.dcm",
+            "laterality": "L",
+            "view": "MLO",
+            "label": "1",
+            "split": "train",
+        },
         {"patient_id": "p2", "image_path": "img/p2_rcc.dcm", "laterality": "R", "view": "CC", "label": "yes"},
-        {"patient_id": "p2", "image_path": "img/p2_rmlo.dcm", "laterality": "R", "view": "MLO", "label": "0",
-         "boxes": "[[5, 5, 1, 9]]"},
-        {"patient_id": "p3", "image_path": "img/p3_rcc.dcm", "laterality": "R", "view": "CC", "label": "0",
-         "boxes": "[[1, 1, 2, 2]]", "box_labels": '["a", "b"]'},
-        {"patient_id": "p4", "image_path": "img/p4_rcc.dcm", "laterality": "R", "view": "CC", "label": "0",
-         "boxes": "[[5, 5, 1, 9]]"},
+        {
+            "patient_id": "p2",
+            "image_path": "img/p2_rmlo.dcm",
+            "laterality": "R",
+            "view": "MLO",
+            "label": "0",
+            "boxes": "[[5, 5, 1, 9]]",
+        },
+        {
+            "patient_id": "p3",
+            "image_path": "img/p3_rcc.dcm",
+            "laterality": "R",
+            "view": "CC",
+            "label": "0",
+            "boxes": "[[1, 1, 2, 2]]",
+            "box_labels": '["a", "b"]',
+        },
+        {
+            "patient_id": "p4",
+            "image_path": "img/p4_rcc.dcm",
+            "laterality": "R",
+            "view": "CC",
+            "label": "0",
+            "boxes": "[[5, 5, 1, 9]]",
+        },
         {"patient_id": "p5", "image_path": "img/p5_rcc.dcm", "laterality": "R", "view": "CC", "label": "0"},
     ]
     csv_path = write_csv(tmp_path / "set.csv", GENERIC_COLUMNS, rows)
@@ -261,8 +352,9 @@ def test_generic_csv(tmp_path: Path) -> None:
     assert cc.report == "Projection Position: LCC\nFree text."
     assert record.views["mlo"].report is None
     # One reject per breast: p2's MLO (inverted box) is absorbed by the reject of its CC (bad label).
-    assert Counter(r.reason for r in result.rejects) == Counter({"bad_label": 1, "bad_box": 1, "inverted_box": 1,
-                                                                 "missing_view": 1})
+    assert Counter(r.reason for r in result.rejects) == Counter(
+        {"bad_label": 1, "bad_box": 1, "inverted_box": 1, "missing_view": 1}
+    )
 
 
 def test_generic_missing_column(tmp_path: Path) -> None:

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dataset_fixtures import finding, no_finding, vindr_rows, write_image, write_vindr
 from PIL import Image
 
+from mmclip_devtools.fixtures.datasets import finding, no_finding, vindr_rows, write_image, write_vindr
 from mmclip_dist.cli.main import main as cli_main
 from mmclip_dist.config import ShardsConfig, SyntheticConfig
-from mmclip_dist.data.build import assign_split, build_shards
-from mmclip_dist.data.deid import SaltError
-from mmclip_dist.data.shard_writer import ShardSink, verify_output
+from mmclip_dist.data.build.builder import assign_split, build_shards
+from mmclip_dist.data.build.deid import SaltError
+from mmclip_dist.data.build.shard_writer import ShardSink, verify_output
 from mmclip_dist.data.synthetic import generate_vindr_dataset, load_truth
 
 SIZE = (96, 64)
@@ -63,8 +63,18 @@ def test_synthetic_build_follows_the_schema(synthetic_root: Path, tmp_path: Path
         assert sorted(files) == ["cc.png", "json", "mlo.png"]
         meta = json.loads(files["json"])
         assert meta["breast_id"] == key and len(key) == 32 and "." not in key
-        assert set(meta) == {"schema", "dataset", "breast_id", "patient_id", "laterality", "split", "label",
-                             "density", "birads", "views"}
+        assert set(meta) == {
+            "schema",
+            "dataset",
+            "breast_id",
+            "patient_id",
+            "laterality",
+            "split",
+            "label",
+            "density",
+            "birads",
+            "views",
+        }
         assert meta["label"]["source"] == "birads_proxy"
         assert meta["label"]["malignant"] == (1 if meta["birads"] >= 4 else 0)
         labels[meta["label"]["malignant"]] += 1
@@ -74,7 +84,9 @@ def test_synthetic_build_follows_the_schema(synthetic_root: Path, tmp_path: Path
             assert pixels.dtype == np.uint16 and pixels.shape == SIZE
             assert pixels.max() > 255  # really 16-bit content, not 8 bits in a 16-bit container
             v = meta["views"][view]
-            assert len(v["boxes"]) == len(v["box_labels"]) == len(v["box_flags"]) >= 1  # every synthetic breast has a lesion
+            assert (
+                len(v["boxes"]) == len(v["box_labels"]) == len(v["box_flags"]) >= 1
+            )  # every synthetic breast has a lesion
             for x1, y1, x2, y2 in v["boxes"]:
                 assert 0 <= x1 < x2 <= SIZE[1] and 0 <= y1 < y2 <= SIZE[0]
             assert v["report"].startswith(f"Projection Position: {meta['laterality']}{view.upper()}\n")
@@ -91,8 +103,9 @@ def test_synthetic_build_follows_the_schema(synthetic_root: Path, tmp_path: Path
 
 def test_build_is_deterministic_across_process_counts(synthetic_root: Path, tmp_path: Path) -> None:
     one = build_shards(_cfg(synthetic_root, tmp_path / "one", processes=1, shard_max_samples=4), progress=False)
-    two = build_shards(_cfg(synthetic_root, tmp_path / "two", processes=2, shard_max_samples=4,
-                            resume=False), progress=False)
+    two = build_shards(
+        _cfg(synthetic_root, tmp_path / "two", processes=2, shard_max_samples=4, resume=False), progress=False
+    )
     assert [s.sha256 for s in one.shards] == [s.sha256 for s in two.shards]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     for name in names:
@@ -109,7 +122,7 @@ def test_salt_changes_keys_and_real_data_needs_one(tmp_path: Path, monkeypatch: 
         build_shards(_cfg(root, tmp_path / "out"), progress=False)
     a = build_shards(_cfg(root, tmp_path / "a", salt="one", processes=1), progress=False)
     monkeypatch.setenv("MMCLIP_ID_SALT", "two")
-    b = build_shards(_cfg(root, tmp_path / "b", processes=1), progress=False)
+    build_shards(_cfg(root, tmp_path / "b", processes=1), progress=False)
     assert set(read_samples(tmp_path / "a")).isdisjoint(read_samples(tmp_path / "b"))
     assert a.manifest["config"]["salt"] == "<set>"
 
@@ -124,9 +137,24 @@ def test_assign_split_is_a_stable_fraction() -> None:
 
 def _bad_dataset(root: Path) -> Path:
     """One good breast plus one breast per kind of bad input (decode-time and CSV-time)."""
-    studies = {name: vindr_rows(name, lateralities="L") for name in (
-        "good", "trunc", "notdicom", "nopixels", "syntax", "dir", "outside", "latmix", "orient", "viewless",
-        "badlat", "badlabel", "inverted")}
+    studies = {
+        name: vindr_rows(name, lateralities="L")
+        for name in (
+            "good",
+            "trunc",
+            "notdicom",
+            "nopixels",
+            "syntax",
+            "dir",
+            "outside",
+            "latmix",
+            "orient",
+            "viewless",
+            "badlat",
+            "badlabel",
+            "inverted",
+        )
+    }
     studies["viewless"] = studies["viewless"][:1]  # only a CC → missing_view
     studies["badlat"][0]["laterality"] = "Q"  # → bad_laterality (+ missing_view)
     studies["badlabel"][0]["breast_birads"] = studies["badlabel"][1]["breast_birads"] = "BI-RADS ?"
@@ -153,8 +181,16 @@ def _bad_dataset(root: Path) -> Path:
 
 
 EXPECTED_BAD = {
-    "truncated": 1, "not_dicom": 1, "no_pixel_data": 1, "unsupported_transfer_syntax": 1, "unreadable": 1,
-    "box_outside_image": 1, "laterality_mismatch": 1, "missing_view": 2, "bad_laterality": 1, "bad_label": 1,
+    "truncated": 1,
+    "not_dicom": 1,
+    "no_pixel_data": 1,
+    "unsupported_transfer_syntax": 1,
+    "unreadable": 1,
+    "box_outside_image": 1,
+    "laterality_mismatch": 1,
+    "missing_view": 2,
+    "bad_laterality": 1,
+    "bad_label": 1,
     "inverted_box": 1,
 }
 
@@ -162,8 +198,16 @@ EXPECTED_BAD = {
 def test_bad_inputs_are_named_rejects_and_the_cli_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = _bad_dataset(tmp_path / "in")
     out = tmp_path / "out"
-    args = ["shards", "build", "--no-progress", f"shards.input={root}", f"shards.output={out}", "shards.salt=s",
-            "shards.processes=2", f"shards.image_size=[{SIZE[0]}, {SIZE[1]}]"]
+    args = [
+        "shards",
+        "build",
+        "--no-progress",
+        f"shards.input={root}",
+        f"shards.output={out}",
+        "shards.salt=s",
+        "shards.processes=2",
+        f"shards.image_size=[{SIZE[0]}, {SIZE[1]}]",
+    ]
     assert cli_main(args) == 1  # 12 of 14 inputs rejected, far above the 5% default
     printed = capsys.readouterr()
     assert "more than shards.max_reject_fraction" in printed.err
@@ -196,8 +240,8 @@ def _mask_bbox(png: bytes) -> list[int]:
 
 
 def test_cbis_masks_matched_by_size_and_boxes_from_masks(tmp_path: Path) -> None:
-    from dataset_fixtures import CBIS_MASS_COLUMNS, write_csv
-    from dicom_fixtures import write_dicom
+    from mmclip_devtools.fixtures.datasets import CBIS_MASS_COLUMNS, write_csv
+    from mmclip_devtools.fixtures.dicoms import write_dicom
 
     rows = []
     for view, mask_shape in (("CC", (64, 48)), ("MLO", (66, 50))):  # the MLO mask is 2 px off the image size
@@ -211,16 +255,28 @@ def test_cbis_masks_matched_by_size_and_boxes_from_masks(tmp_path: Path) -> None
         # The CSV swaps crop and mask (as happens in CBIS-DDSM): size decides, not the listed name.
         write_dicom(roi / "000000.dcm", mask, bits_stored=8, laterality="L", view=view)
         write_dicom(roi / "000001.dcm", np.full((10, 12), 900, dtype=np.uint16), laterality="L", view=view)
-        rows.append({"patient_id": "P_00001", "breast_density": "2", "left or right breast": "LEFT",
-                     "image view": view, "abnormality id": 1, "abnormality type": "mass", "assessment": "5",
-                     "pathology": "MALIGNANT", "subtlety": "5",
-                     "image file path": f"{folder}/1.1/1.2/000000.dcm",
-                     "cropped image file path": f"{folder}_1/1.3/1.4/000000.dcm",
-                     "ROI mask file path": f"{folder}_1/1.3/1.4/000001.dcm"})
+        rows.append(
+            {
+                "patient_id": "P_00001",
+                "breast_density": "2",
+                "left or right breast": "LEFT",
+                "image view": view,
+                "abnormality id": 1,
+                "abnormality type": "mass",
+                "assessment": "5",
+                "pathology": "MALIGNANT",
+                "subtlety": "5",
+                "image file path": f"{folder}/1.1/1.2/000000.dcm",
+                "cropped image file path": f"{folder}_1/1.3/1.4/000000.dcm",
+                "ROI mask file path": f"{folder}_1/1.3/1.4/000001.dcm",
+            }
+        )
     write_csv(tmp_path / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, rows)
     out = tmp_path / "out"
-    result = build_shards(ShardsConfig(dataset="cbis", input=str(tmp_path), output=str(out), image_size=SIZE,
-                                       salt="s", processes=1), progress=False)
+    result = build_shards(
+        ShardsConfig(dataset="cbis", input=str(tmp_path), output=str(out), image_size=SIZE, salt="s", processes=1),
+        progress=False,
+    )
     assert result.rejects == [] and result.manifest["label_source"] == "pathology"
     (files,) = read_samples(out).values()
     assert sorted(files) == ["cc.png", "cc_mask.png", "json", "mlo.png", "mlo_mask.png"]
@@ -235,22 +291,45 @@ def test_cbis_masks_matched_by_size_and_boxes_from_masks(tmp_path: Path) -> None
 
 
 def test_generic_build_uses_given_reports_and_png_masks(tmp_path: Path) -> None:
-    from dataset_fixtures import write_csv
+    from mmclip_devtools.fixtures.datasets import write_csv
 
     write_image(tmp_path / "a_cc.dcm", "R", "CC")
     write_image(tmp_path / "a_mlo.dcm", "R", "MLO")
     mask = np.zeros((64, 48), dtype=np.uint8)
     mask[30:40, 30:44] = 1
     Image.fromarray(mask).save(tmp_path / "a_cc_mask.png")
-    rows = [{"patient_id": "A", "image_path": "a_cc.dcm", "laterality": "R", "view": "CC", "label": "0",
-             "mask_path": "a_cc_mask.png", "boxes": "[[30, 30, 44, 40]]", "box_labels": '["Mass"]',
-             "report": "Given report."},
-            {"patient_id": "A", "image_path": "a_mlo.dcm", "laterality": "R", "view": "MLO", "label": "0"}]
-    csv_path = write_csv(tmp_path / "set.csv", ["patient_id", "image_path", "laterality", "view", "label",
-                                                 "mask_path", "boxes", "box_labels", "report"], rows)
+    rows = [
+        {
+            "patient_id": "A",
+            "image_path": "a_cc.dcm",
+            "laterality": "R",
+            "view": "CC",
+            "label": "0",
+            "mask_path": "a_cc_mask.png",
+            "boxes": "[[30, 30, 44, 40]]",
+            "box_labels": '["Mass"]',
+            "report": "Given report.",
+        },
+        {"patient_id": "A", "image_path": "a_mlo.dcm", "laterality": "R", "view": "MLO", "label": "0"},
+    ]
+    csv_path = write_csv(
+        tmp_path / "set.csv",
+        ["patient_id", "image_path", "laterality", "view", "label", "mask_path", "boxes", "box_labels", "report"],
+        rows,
+    )
     out = tmp_path / "out"
-    build_shards(ShardsConfig(dataset="generic", input=str(csv_path), output=str(out), image_size=SIZE, salt="s",
-                              processes=1, test_fraction=0.0), progress=False)
+    build_shards(
+        ShardsConfig(
+            dataset="generic",
+            input=str(csv_path),
+            output=str(out),
+            image_size=SIZE,
+            salt="s",
+            processes=1,
+            test_fraction=0.0,
+        ),
+        progress=False,
+    )
     (files,) = read_samples(out).values()
     meta = json.loads(files["json"])
     assert meta["split"] == "train"
@@ -275,8 +354,16 @@ def test_sigkill_then_resume_gives_identical_output(tmp_path: Path) -> None:
     # A bad file too, so rejects must survive the kill as well.
     victim = sorted((root / "images").rglob("*.dicom"))[5]
     victim.write_bytes(victim.read_bytes()[:-5000])
-    common = ["shards", "build", "--no-progress", f"shards.input={root}", "shards.image_size=[190, 120]",
-              "shards.shard_max_samples=2", "shards.processes=2", "shards.max_reject_fraction=0.5"]
+    common = [
+        "shards",
+        "build",
+        "--no-progress",
+        f"shards.input={root}",
+        "shards.image_size=[190, 120]",
+        "shards.shard_max_samples=2",
+        "shards.processes=2",
+        "shards.max_reject_fraction=0.5",
+    ]
     reference = tmp_path / "reference"
     assert cli_main(common + [f"shards.output={reference}"]) == 0
 

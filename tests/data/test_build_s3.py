@@ -8,19 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.cli.main import main as cli_main
 from mmclip_dist.config import ShardsConfig, SyntheticConfig
-from mmclip_dist.data.build import build_shards
-from mmclip_dist.data.s3_server import LocalS3Server
+from mmclip_dist.data.build.builder import build_shards
 from mmclip_dist.data.storage import open_storage
 from mmclip_dist.data.synthetic import generate_vindr_dataset
-from tests.data.s3_fixture import s3_env, s3_prefix, s3_server  # noqa: F401
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_build_into_s3_matches_local_build(s3_server: LocalS3Server, s3_prefix: str, s3_env: dict,  # noqa: F811
-                                           tmp_path: Path) -> None:
+def test_build_into_s3_matches_local_build(
+    s3_server: LocalS3Server,
+    s3_prefix: str,
+    s3_env: dict,
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "in"
     generate_vindr_dataset(root, SyntheticConfig(num_patients=3, height=160, width=120))
     common = dict(input=str(root), image_size=(96, 64), shard_max_samples=2, processes=2)

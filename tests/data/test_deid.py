@@ -7,11 +7,11 @@ import hmac
 from pathlib import Path
 
 import pytest
-from dataset_fixtures import finding, no_finding, vindr_rows, write_image, write_vindr
 
+from mmclip_devtools.fixtures.datasets import finding, no_finding, vindr_rows, write_image, write_vindr
 from mmclip_dist.config import ShardsConfig
-from mmclip_dist.data import deid
-from mmclip_dist.data.build import build_shards
+from mmclip_dist.data.build import deid
+from mmclip_dist.data.build.builder import build_shards
 
 
 def test_hash_id_is_keyed_hmac() -> None:
@@ -33,14 +33,28 @@ def test_resolve_salt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_whitelist_drops_unknown_keys_and_text_in_transform() -> None:
-    sample = {"schema": 1, "breast_id": "h", "PatientName": "X", "label": {"malignant": 1, "source": "pathology",
-                                                                         "raw": "X"},
-              "views": {"cc": {"boxes": [], "report": "r", "path": "/data/X.dcm",
-                               "transform": {"flipped": True, "crop": [0, 1, 2, 3], "note": "X", "side": "left"}}}}
-    assert deid.whitelist(sample) == {"schema": 1, "breast_id": "h", "label": {"malignant": 1, "source": "pathology"},
-                                      "views": {"cc": {"boxes": [], "report": "r",
-                                                       "transform": {"flipped": True, "crop": [0, 1, 2, 3],
-                                                                     "side": "left"}}}}
+    sample = {
+        "schema": 1,
+        "breast_id": "h",
+        "PatientName": "X",
+        "label": {"malignant": 1, "source": "pathology", "raw": "X"},
+        "views": {
+            "cc": {
+                "boxes": [],
+                "report": "r",
+                "path": "/data/X.dcm",
+                "transform": {"flipped": True, "crop": [0, 1, 2, 3], "note": "X", "side": "left"},
+            }
+        },
+    }
+    assert deid.whitelist(sample) == {
+        "schema": 1,
+        "breast_id": "h",
+        "label": {"malignant": 1, "source": "pathology"},
+        "views": {
+            "cc": {"boxes": [], "report": "r", "transform": {"flipped": True, "crop": [0, 1, 2, 3], "side": "left"}}
+        },
+    }
 
 
 def test_scrub_removes_paths_names_and_stems() -> None:
@@ -64,9 +78,8 @@ PHI = {
 
 
 def test_no_phi_in_any_output_byte(tmp_path: Path) -> None:
-    studies = {name: vindr_rows(name, lateralities="LR") for name in (
-        "PHI-STUDY-31337a", "PHI-STUDY-31337b")}
-    for name, rows in studies.items():
+    studies = {name: vindr_rows(name, lateralities="LR") for name in ("PHI-STUDY-31337a", "PHI-STUDY-31337b")}
+    for rows in studies.values():
         for row in rows:
             row["series_id"] = f"PHI-SERIES-{row['image_id']}"
             row["image_id"] = f"PHI-IMAGE-{row['image_id']}"
@@ -85,14 +98,31 @@ def test_no_phi_in_any_output_byte(tmp_path: Path) -> None:
     (root / "images" / rows[6]["study_id"] / f"{rows[6]['image_id']}.dicom").write_bytes(b"garbage " * 40)
 
     out = tmp_path / "out"
-    result = build_shards(ShardsConfig(dataset="vindr", input=str(root), output=str(out), image_size=(96, 64),
-                                       salt="secret-salt-xyz", processes=1), progress=False)
+    result = build_shards(
+        ShardsConfig(
+            dataset="vindr", input=str(root), output=str(out), image_size=(96, 64), salt="secret-salt-xyz", processes=1
+        ),
+        progress=False,
+    )
     assert result.samples == 2 and {r["reason"] for r in result.rejects} == {"truncated", "not_dicom"}
     files = sorted(out.iterdir())
     assert {p.suffix for p in files} == {".tar", ".json", ".jsonl"}
     blob = b"".join(p.read_bytes() for p in files)
-    secrets = set(PHI.values()) | raw_ids | {"secret-salt-xyz", "PHI-NAME", "PHI-PID", "PHI-ACC", "PHI Hospital",
-                                             "3680043.77", "PHI-STUDY", "PHI-SERIES", "PHI-IMAGE"}
+    secrets = (
+        set(PHI.values())
+        | raw_ids
+        | {
+            "secret-salt-xyz",
+            "PHI-NAME",
+            "PHI-PID",
+            "PHI-ACC",
+            "PHI Hospital",
+            "3680043.77",
+            "PHI-STUDY",
+            "PHI-SERIES",
+            "PHI-IMAGE",
+        }
+    )
     leaked = sorted(s for s in secrets if s.encode() in blob)
     assert leaked == []
     # The rejects still say where the problem is: CSV file and line.

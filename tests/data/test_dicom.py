@@ -8,7 +8,10 @@ import math
 import numpy as np
 import pydicom
 import pytest
-from dicom_fixtures import (
+from pydicom.dataset import FileMetaDataset
+from scipy import ndimage
+
+from mmclip_devtools.fixtures.dicoms import (
     DEFLATED,
     EXPLICIT,
     J2K,
@@ -23,10 +26,7 @@ from dicom_fixtures import (
     set_encapsulated,
     to_bytes,
 )
-from pydicom.dataset import FileMetaDataset
-from scipy import ndimage
-
-from mmclip_dist.data.dicom import (
+from mmclip_dist.data.build.dicom import (
     DicomDecodeError,
     _to_display,
     _to_display_direct,
@@ -164,7 +164,7 @@ def test_lookup_table_path_is_bit_identical_to_direct_evaluation(kwargs: dict) -
     direct, voi_direct = _to_display_direct(ds, stored.copy(), photometric)
     assert voi == voi_direct and via_lut.dtype == np.float32
     np.testing.assert_array_equal(via_lut, direct)
-    assert 0.0 < float(via_lut.std())  # the fixture really exercises the mapping
+    assert float(via_lut.std()) > 0.0  # the fixture really exercises the mapping
 
 
 def test_laterality_and_view_are_reported() -> None:
@@ -308,7 +308,7 @@ def test_apply_window_rejects_unknown_function() -> None:
 
 
 def test_j2k_codestream_levels_follow_resolutions() -> None:
-    from mmclip_dist.data.dicom import _j2k_header
+    from mmclip_dist.data.build.dicom import _j2k_header
 
     levels, precision, signed = _j2k_header(j2k_codestream(_smooth_image(64, 64), 12, resolutions=3))
     assert (levels, precision, signed) == (2, 12, False)

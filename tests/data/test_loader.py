@@ -18,8 +18,10 @@ from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.loader import (
+from mmclip_dist.data.storage import open_storage
+from mmclip_dist.data.stream.loader import (
     collate_samples,
     count_samples,
     decode_sample,
@@ -28,8 +30,6 @@ from mmclip_dist.data.loader import (
     make_train_loader,
     masks_from_boxes,
 )
-from mmclip_dist.data.s3_server import LocalS3Server
-from mmclip_dist.data.storage import open_storage
 
 H, W = 12, 16
 WORDS = ["projection", "position", "lcc", "lmlo", "mass", "in", "left", "breast", "density", "b", ".", ":"]
@@ -79,13 +79,30 @@ def make_sample(
         cc = rng.integers(0, 65536, size).astype(np.uint16)
         mlo = rng.integers(0, 65536, size).astype(np.uint16)
     meta = {
-        "schema": 1, "dataset": "vindr", "breast_id": key, "patient_id": "p" + key, "laterality": "L",
-        "split": "train", "label": {"malignant": label, "source": "birads_proxy"}, "density": "B", "birads": 4,
+        "schema": 1,
+        "dataset": "vindr",
+        "breast_id": key,
+        "patient_id": "p" + key,
+        "laterality": "L",
+        "split": "train",
+        "label": {"malignant": label, "source": "birads_proxy"},
+        "density": "B",
+        "birads": 4,
         "views": {
-            "cc": {"boxes": cc_boxes or [], "box_labels": [], "box_flags": [],
-                   "report": "Projection Position: LCC\nMass in left breast.", "transform": {}},
-            "mlo": {"boxes": mlo_boxes or [], "box_labels": [], "box_flags": [],
-                    "report": "Projection Position: LMLO", "transform": {}},
+            "cc": {
+                "boxes": cc_boxes or [],
+                "box_labels": [],
+                "box_flags": [],
+                "report": "Projection Position: LCC\nMass in left breast.",
+                "transform": {},
+            },
+            "mlo": {
+                "boxes": mlo_boxes or [],
+                "box_labels": [],
+                "box_flags": [],
+                "report": "Projection Position: LMLO",
+                "transform": {},
+            },
         },
     }
     return {"__key__": key, "cc.png": png16(cc), "mlo.png": png16(mlo), "json": json.dumps(meta).encode()}
@@ -204,8 +221,9 @@ def test_decode_errors_name_the_sample() -> None:
 def test_collate_tokenises_each_view() -> None:
     cfg = DataConfig(image_size=(H, W), max_text_len=10, max_rois=2)
     tokenizer = tiny_tokenizer()
-    batch = collate_samples([decoded(make_sample(k, label=lab), cfg) for k, lab in [("f1", 1), ("f2", -1)]],
-                            cfg, tokenizer)
+    batch = collate_samples(
+        [decoded(make_sample(k, label=lab), cfg) for k, lab in [("f1", 1), ("f2", -1)]], cfg, tokenizer
+    )
     assert batch["images"].shape == (2, 2, 1, H, W) and batch["images"].dtype == torch.float32
     assert batch["masks"].shape == (2, 2, 1, H, W)
     assert batch["boxes"].shape == (2, 2, 2, 4) and batch["box_valid"].dtype == torch.bool
@@ -231,10 +249,13 @@ def test_list_and_count_shards(tmp_path: Path) -> None:
     write_shards(tmp_path, "test", [4])
     (tmp_path / "notes.txt").write_text("x")
     assert list_shards(str(tmp_path), split="train") == [
-        str(tmp_path / "train-000000.tar"), str(tmp_path / "train-000001.tar")
+        str(tmp_path / "train-000000.tar"),
+        str(tmp_path / "train-000001.tar"),
     ]
     assert [Path(u).name for u in list_shards(str(tmp_path))] == [
-        "test-000000.tar", "train-000000.tar", "train-000001.tar"
+        "test-000000.tar",
+        "train-000000.tar",
+        "train-000001.tar",
     ]
     assert list_shards(str(tmp_path / "train-{000000..000002}.tar"))[-1] == str(tmp_path / "train-000002.tar")
     with pytest.raises(FileNotFoundError, match=r"no shards named val-NNNNNN.tar .* \['test', 'train'\]"):
@@ -246,8 +267,12 @@ def test_list_and_count_shards(tmp_path: Path) -> None:
     (tmp_path / "train-000000.json").write_text(json.dumps({"name": "train-000000.tar", "samples": 30}))
     assert count_samples(list_shards(str(tmp_path), split="train")) == 32
     # ... and its manifest before that
-    manifest = {"shards": [{"name": "train-000000.tar", "split": "train", "samples": 300},
-                           {"name": "train-000001.tar", "split": "train", "samples": 200}]}
+    manifest = {
+        "shards": [
+            {"name": "train-000000.tar", "split": "train", "samples": 300},
+            {"name": "train-000001.tar", "split": "train", "samples": 200},
+        ]
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert count_samples(list_shards(str(tmp_path), split="train")) == 500
     assert count_samples(list_shards(str(tmp_path))) == 504  # test-000000.tar is not in it: scanned
@@ -257,8 +282,9 @@ def test_list_and_count_shards(tmp_path: Path) -> None:
 
 
 def train_keys(folder: Path, *, rank: int, world: int = 2, workers: int = 2, **kw: Any) -> list[list[str]]:
-    cfg = DataConfig(train_shards=str(folder), image_size=(H, W), loader_workers=workers, shuffle_buffer=4,
-                     max_text_len=8)
+    cfg = DataConfig(
+        train_shards=str(folder), image_size=(H, W), loader_workers=workers, shuffle_buffer=4, max_text_len=8
+    )
     args = {"micro_batch": 2, "seed": 7, "epoch": 0, **kw}
     return keys_of(make_train_loader(cfg, tiny_tokenizer(), rank=rank, world_size=world, **args))
 
@@ -266,8 +292,14 @@ def train_keys(folder: Path, *, rank: int, world: int = 2, workers: int = 2, **k
 def test_train_stream_invariants(tmp_path: Path) -> None:
     write_shards(tmp_path, "train", [3, 5, 7, 9])  # 24 samples, uneven shards
     write_shards(tmp_path, "test", [6])  # must not leak into training
-    loader = make_train_loader(DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=2),
-                               tiny_tokenizer(), rank=0, world_size=2, micro_batch=2, seed=7)
+    loader = make_train_loader(
+        DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=2),
+        tiny_tokenizer(),
+        rank=0,
+        world_size=2,
+        micro_batch=2,
+        seed=7,
+    )
     assert len(loader) == 24 // (2 * 2)
     ranks = [train_keys(tmp_path, rank=r) for r in (0, 1)]
     assert [len(k) for k in ranks] == [6, 6]  # equal batch counts on every rank
@@ -286,9 +318,15 @@ def test_train_stream_invariants(tmp_path: Path) -> None:
     # resume: skipping k batches yields exactly the tail
     for skip in (1, 3, 6, 9):
         skipped = make_train_loader(
-            DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=2, shuffle_buffer=4,
-                       max_text_len=8),
-            tiny_tokenizer(), rank=1, world_size=2, micro_batch=2, seed=7, skip_batches=skip,
+            DataConfig(
+                train_shards=str(tmp_path), image_size=(H, W), loader_workers=2, shuffle_buffer=4, max_text_len=8
+            ),
+            tiny_tokenizer(),
+            rank=1,
+            world_size=2,
+            micro_batch=2,
+            seed=7,
+            skip_batches=skip,
         )
         assert len(skipped) == max(0, 6 - skip)
         assert keys_of(skipped) == ranks[1][skip:]
@@ -296,10 +334,10 @@ def test_train_stream_invariants(tmp_path: Path) -> None:
 
 def test_train_epoch_samples_and_in_process_reader(tmp_path: Path) -> None:
     write_shards(tmp_path, "train", [3, 4])
-    cfg = DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=0, epoch_samples=20,
-                     max_text_len=8)
-    keys = [keys_of(make_train_loader(cfg, tiny_tokenizer(), rank=r, world_size=2, micro_batch=3, seed=1))
-            for r in (0, 1)]
+    cfg = DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=0, epoch_samples=20, max_text_len=8)
+    keys = [
+        keys_of(make_train_loader(cfg, tiny_tokenizer(), rank=r, world_size=2, micro_batch=3, seed=1)) for r in (0, 1)
+    ]
     assert [len(k) for k in keys] == [20 // 6] * 2  # resampling repeats shards to fill the epoch
     batch = next(iter(make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=2, micro_batch=3, seed=1)))
     assert batch["images"].shape == (3, 2, 1, H, W) and batch["input_ids"].shape == (3, 2, 8)
@@ -359,9 +397,7 @@ def test_s3_train_stream_matches_local(
 
 
 @pytest.mark.integration
-def test_s3_restart_mid_stream_loses_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_restart_mid_stream_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     size = (256, 256)  # incompressible 16-bit noise: 256 KB per sample, 4 MB per shard
     local = tmp_path / "shards"
     write_shards(local, "test", [16, 16], size=size, noise=True)
@@ -397,17 +433,29 @@ def test_s3_restart_mid_stream_loses_nothing(
 def test_reads_shards_written_by_the_shard_builder(tmp_path: Path) -> None:
     """The schema contract end to end: synthetic DICOMs → build_shards → both streams."""
     from mmclip_dist.config import ShardsConfig, SyntheticConfig
-    from mmclip_dist.data.build import build_shards
+    from mmclip_dist.data.build.builder import build_shards
     from mmclip_dist.data.synthetic import generate_vindr_dataset
 
-    generate_vindr_dataset(tmp_path / "dicom", SyntheticConfig(num_patients=4, height=160, width=120,
-                                                               test_fraction=0.5))
+    generate_vindr_dataset(
+        tmp_path / "dicom", SyntheticConfig(num_patients=4, height=160, width=120, test_fraction=0.5)
+    )
     out = tmp_path / "shards"
-    result = build_shards(ShardsConfig(input=str(tmp_path / "dicom"), output=str(out), image_size=(96, 64),
-                                       shard_max_samples=2, processes=1), progress=False)
+    result = build_shards(
+        ShardsConfig(
+            input=str(tmp_path / "dicom"), output=str(out), image_size=(96, 64), shard_max_samples=2, processes=1
+        ),
+        progress=False,
+    )
     splits = result.manifest["splits"]
-    cfg = DataConfig(train_shards=str(out), eval_shards=str(out), image_size=(96, 64), max_rois=2,
-                     max_text_len=32, loader_workers=0, shuffle_buffer=2)
+    cfg = DataConfig(
+        train_shards=str(out),
+        eval_shards=str(out),
+        image_size=(96, 64),
+        max_rois=2,
+        max_text_len=32,
+        loader_workers=0,
+        shuffle_buffer=2,
+    )
     train = list(make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=1, micro_batch=2, seed=0))
     assert len(train) == splits["train"]["samples"] // 2
     evals = list(make_eval_loader(cfg.eval_shards, cfg, tiny_tokenizer(), batch_size=3))
@@ -415,7 +463,7 @@ def test_reads_shards_written_by_the_shard_builder(tmp_path: Path) -> None:
     assert sum(int(b["box_valid"].sum()) for b in train + evals) > 0  # lesions made it through
     for batch in train + evals:
         images, masks = batch["images"], batch["masks"]
-        assert images.shape[1:] == (2, 1, 96, 64) and 0.0 <= images.min() and images.max() <= 1.0
+        assert images.shape[1:] == (2, 1, 96, 64) and images.min() >= 0.0 and images.max() <= 1.0
         assert set(masks.unique().tolist()) <= {0.0, 1.0}
         boxes, valid = batch["boxes"], batch["box_valid"]
         assert (boxes[~valid] == 0).all()

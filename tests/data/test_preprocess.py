@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mmclip_dist.data.dicom import DecodedImage
-from mmclip_dist.data.preprocess import breast_bbox, chest_wall_side, preprocess_view
+from mmclip_dist.data.build.dicom import DecodedImage
+from mmclip_dist.data.build.preprocess import breast_bbox, chest_wall_side, preprocess_view
 
 U16 = 65535
 

@@ -7,8 +7,14 @@ import types
 
 import pytest
 
-from mmclip_dist.data.reports import Finding, ReportRewriter, describe_location, load_rewriter, pathology_line, \
-    view_report
+from mmclip_dist.data.build.reports import (
+    Finding,
+    ReportRewriter,
+    describe_location,
+    load_rewriter,
+    pathology_line,
+    view_report,
+)
 
 CONTENT = (0.0, 0.0, 100.0, 300.0)  # breast fills x 0..100, y 0..300
 
@@ -40,9 +46,15 @@ def test_location_ignores_padding() -> None:
 
 def test_view_report_exact_text() -> None:
     text = view_report(
-        laterality="L", view="cc", density="B", birads=4,
+        laterality="L",
+        view="cc",
+        density="B",
+        birads=4,
         findings=[Finding("Mass", (85, 20, 95, 40), 4), Finding("Suspicious Calcification", (40, 240, 60, 260), None)],
-        content=CONTENT, chest_wall="left", label_malignant=1, label_source="birads_proxy",
+        content=CONTENT,
+        chest_wall="left",
+        label_malignant=1,
+        label_source="birads_proxy",
     )
     assert text == (
         "Projection Position: LCC\n"
@@ -54,25 +66,51 @@ def test_view_report_exact_text() -> None:
 
 
 def test_normal_and_unannotated_cancer() -> None:
-    normal = view_report(laterality="R", view="mlo", density=None, birads=1, findings=[], content=CONTENT,
-                         chest_wall="right", label_malignant=0, label_source="birads_proxy")
+    normal = view_report(
+        laterality="R",
+        view="mlo",
+        density=None,
+        birads=1,
+        findings=[],
+        content=CONTENT,
+        chest_wall="right",
+        label_malignant=0,
+        label_source="birads_proxy",
+    )
     assert normal.splitlines() == [
         "Projection Position: RMLO",
         "Breast Density: not reported.",
         "Radiological Description: No suspicious findings. Breast assessment: BI-RADS 1.",
         "Pathology: benign (BI-RADS proxy, not biopsy-proven).",
     ]
-    cancer = view_report(laterality="R", view="cc", density="C", birads=None, findings=[], content=CONTENT,
-                         chest_wall="right", label_malignant=1, label_source="pathology")
+    cancer = view_report(
+        laterality="R",
+        view="cc",
+        density="C",
+        birads=None,
+        findings=[],
+        content=CONTENT,
+        chest_wall="right",
+        label_malignant=1,
+        label_source="pathology",
+    )
     assert "No region-level annotation is available." in cancer
     assert "No suspicious findings" not in cancer
     assert cancer.endswith("Pathology: malignancy.")
 
 
 def test_multi_category_and_unlocalised_finding() -> None:
-    text = view_report(laterality="L", view="cc", density="A", birads=None,
-                       findings=[Finding("Mass, Suspicious Calcification", None, 5)], content=CONTENT,
-                       chest_wall="left", label_malignant=1, label_source="pathology")
+    text = view_report(
+        laterality="L",
+        view="cc",
+        density="A",
+        birads=None,
+        findings=[Finding("Mass, Suspicious Calcification", None, 5)],
+        content=CONTENT,
+        chest_wall="left",
+        label_malignant=1,
+        label_source="pathology",
+    )
     assert "A mass with suspicious calcifications (BI-RADS 5) is observed." in text
 
 

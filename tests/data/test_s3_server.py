@@ -10,7 +10,7 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 
-from mmclip_dist.data.s3_server import LocalS3Server
+from mmclip_devtools.s3_server import LocalS3Server
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +65,12 @@ def test_env_reaches_a_subprocess(s3_server: LocalS3Server) -> None:
         f"print(c.get_object(Bucket='{s3_server.bucket}', Key='t/env.txt')['Body'].read().decode())"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin", **s3_server.env()},
-        capture_output=True, text=True, timeout=60, check=True,
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/bin:/bin", **s3_server.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert out.stdout.strip() == "from-parent"
 

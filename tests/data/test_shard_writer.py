@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from mmclip_dist.data.records import Reject
-from mmclip_dist.data.shard_writer import TAR_MTIME, ShardSink, SplitWriter, load_resume, tar_member_size, \
-    verify_output, write_manifest
+from mmclip_dist.data.build.records import Reject
+from mmclip_dist.data.build.shard_writer import (
+    TAR_MTIME,
+    ShardSink,
+    SplitWriter,
+    load_resume,
+    tar_member_size,
+    verify_output,
+    write_manifest,
+)
 
 
 def _sample(i: int, size: int = 100) -> tuple[str, dict[str, bytes]]:
@@ -121,14 +128,22 @@ def test_finish_removes_shards_of_an_older_longer_build(tmp_path: Path) -> None:
     _write(tmp_path, 6, max_samples=2)
     _write(tmp_path, 3, max_samples=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "train-000000.json", "train-000000.tar", "train-000001.json", "train-000001.tar"]
+        "train-000000.json",
+        "train-000000.tar",
+        "train-000001.json",
+        "train-000001.tar",
+    ]
 
 
 def test_verify_output_detects_corruption(tmp_path: Path) -> None:
     sink, shards, _ = _write(tmp_path, 4, max_samples=2)
-    manifest = {"shards": [{"name": s.name, "split": s.split, "samples": s.samples, "sha256": s.sha256,
-                            "bytes": s.bytes} for s in shards],
-                "splits": {"train": {"samples": 4}}}
+    manifest = {
+        "shards": [
+            {"name": s.name, "split": s.split, "samples": s.samples, "sha256": s.sha256, "bytes": s.bytes}
+            for s in shards
+        ],
+        "splits": {"train": {"samples": 4}},
+    }
     write_manifest(sink, manifest, [])
     assert verify_output(sink) == []
     path = tmp_path / "train-000001.tar"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from mmclip_dist.data.s3_server import LocalS3Server
+from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.data.storage import (
     LocalStorage,
     RetryPolicy,

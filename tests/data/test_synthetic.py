@@ -15,7 +15,7 @@ import pytest
 from scipy.spatial import ConvexHull
 
 from mmclip_dist.config import SyntheticConfig
-from mmclip_dist.data.dicom import decode_dicom
+from mmclip_dist.data.build.dicom import decode_dicom
 from mmclip_dist.data.synthetic import (
     BREAST_COLUMNS,
     FINDING_COLUMNS,

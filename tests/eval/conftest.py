@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# --import-mode=importlib does not put test folders on sys.path; the builders are plain helpers.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from eval_fixtures import Pretrained, pretrain  # noqa: E402
+from mmclip_devtools.fixtures.pretrained import Pretrained, pretrain  # noqa: E402
 
 
 @pytest.fixture(scope="session")

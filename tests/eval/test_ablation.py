@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mmclip_dist.config import load_config
-from mmclip_dist.eval.ablation import comparison_metrics, plan_ablation, run_ablation, select_variants
-from mmclip_dist.train.tracking import finish_run, start_run
+from mmclip_dist.tracking import finish_run, start_run
+from mmclip_dist.workflows.ablation import comparison_metrics, plan_ablation, run_ablation, select_variants
 
 
 def base_config(tmp_path: Path, export: str = ""):
@@ -29,7 +29,9 @@ def test_plan_gives_each_variant_its_loss_weights_run_name_and_export(tmp_path):
     weights = [(c.loss.global_weight, c.loss.roi_weight, c.loss.cross_view_weight) for _, c in plans]
     assert weights == [(1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.5, 0.2)]
     assert [c.train.run_name for _, c in plans] == ["abl-ablation-clip", "abl-ablation-clip-roi", "abl-ablation-full"]
-    assert [c.train.export_dir for _, c in plans] == [str(tmp_path / "models" / s) for s in ("clip", "clip-roi", "full")]
+    assert [c.train.export_dir for _, c in plans] == [
+        str(tmp_path / "models" / s) for s in ("clip", "clip-roi", "full")
+    ]
     # without an export folder the trainer derives one per run name
     assert {c.train.export_dir for _, c in plan_ablation(base_config(tmp_path))} == {""}
     assert [v.name for v in select_variants(["full", "clip"])] == ["clip", "full"]  # table order kept
@@ -65,7 +67,11 @@ def test_run_ablation_evaluates_every_variant_and_compares_all_runs(tmp_path):
         ("linear", [], "/models/abl-ablation-full"), ("zeroshot", [], "/models/abl-ablation-full"),
     ]  # fmt: skip
     comp = result.comparison
-    assert [label.split(" ")[0] for label in comp.labels] == ["abl-ablation-clip", "abl-ablation-clip-roi", "abl-ablation-full"]
+    assert [label.split(" ")[0] for label in comp.labels] == [
+        "abl-ablation-clip",
+        "abl-ablation-clip-roi",
+        "abl-ablation-full",
+    ]
     assert comp.params["loss.roi_weight"] == ["0.0", "0.5", "0.5"]
     assert comp.params["loss.cross_view_weight"] == ["0.0", "0.0", "0.2"]
     assert "loss.global_weight" not in comp.params  # same in every run

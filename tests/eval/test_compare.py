@@ -6,9 +6,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mmclip_devtools.mlflow_server import LocalMlflowServer, process_group_members
 from mmclip_dist.cli.main import main
 from mmclip_dist.eval.compare import compare_runs, fetch_runs
-from mmclip_dist.eval.mlflow_server import LocalMlflowServer, process_group_members
 
 pytestmark = pytest.mark.integration
 

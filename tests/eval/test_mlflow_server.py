@@ -5,7 +5,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mmclip_dist.eval.mlflow_server import LocalMlflowServer, free_port, process_group_members
+from mmclip_devtools.mlflow_server import LocalMlflowServer, free_port, process_group_members
 
 
 @pytest.mark.integration
@@ -32,7 +32,7 @@ def test_server_serves_tracking_and_artifacts_then_stops_every_process(tmp_path)
     assert (tmp_path / "srv" / "mlflow.db").is_file()
     assert [p.name for p in (tmp_path / "srv" / "artifacts").rglob("note.txt")] == ["note.txt"]
     with pytest.raises(RuntimeError, match="not started"):
-        LocalMlflowServer(tmp_path / "x").uri
+        _ = LocalMlflowServer(tmp_path / "x").uri
 
 
 @pytest.mark.integration

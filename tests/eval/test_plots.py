@@ -1,6 +1,7 @@
 """Evaluation figures: valid PNGs of the promised size, with the data visibly drawn."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +108,6 @@ def test_log_figures_to_mlflow(tmp_path, monkeypatch):
     listed = sorted(a.path for a in client.list_artifacts(run.info.run_id, "figures"))
     assert listed == ["figures/roc.png", "figures/similarity.png"]
     local = client.download_artifacts(run.info.run_id, "figures/similarity.png", str(tmp_path / "dl"))
-    assert open(local, "rb").read() == png
+    assert Path(local).read_bytes() == png
     with pytest.raises(RuntimeError, match="no active MLflow run"):
         log_figures_to_mlflow({"x.png": png})

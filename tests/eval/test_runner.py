@@ -25,7 +25,7 @@ def n_test_breasts(pretrained) -> int:
 def test_linear_probe_of_pretrained_mmclip_beats_random_init(pretrained):
     """The paper's claim at debug scale: pretrained features separate malignancy better than random ones.
 
-    Margin measured offline with ``python tests/eval/eval_fixtures.py OUT SEED...`` (this fixture's
+    Margin measured offline with ``python -m mmclip_devtools.fixtures.pretrained OUT SEED...`` (this fixture's
     setup: 96 patients, 33 of them test, 50 steps of 32), per-breast test AUC MM-CLIP vs random init:
     seed 0 0.870 vs 0.672, seed 1 0.834 vs 0.694, seed 2 0.893 vs 0.678, seed 3 0.793 vs 0.616,
     seed 4 0.843 vs 0.643 (gaps 0.14-0.21). The test uses seed 0 and asks for a gap of 0.05.
@@ -95,7 +95,9 @@ def test_finetune_mass_task_runs_the_same_protocol(pretrained):
     assert result.label_source == "annotation"
     for method in ("mmclip", "random_init"):
         pred = result.methods[method]
-        assert pred.probs.shape == (n_test_breasts(pretrained), 2, 2) and np.allclose(pred.probs.sum(-1), 1.0, atol=1e-5)
+        assert pred.probs.shape == (n_test_breasts(pretrained), 2, 2) and np.allclose(
+            pred.probs.sum(-1), 1.0, atol=1e-5
+        )
         assert result.details[method]["best_epoch"] == 1 and len(result.details[method]["val_scores"]) == 1
         assert 0.0 <= pred.metrics["breast_roc_auc"] <= 1.0
 

@@ -21,8 +21,9 @@ import functools
 import gzip
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -37,8 +38,15 @@ CRDS = Path(__file__).resolve().parent / "kuberay-crds"
 SHARED_CRDS = REPO / ".." / "shared" / "kuberay-crds"
 
 SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "patches", "images"}
-CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",
-                  "CustomResourceDefinition", "PriorityClass"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "PersistentVolume",
+    "StorageClass",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PriorityClass",
+}
 
 Doc = dict[str, Any]
 
@@ -177,7 +185,9 @@ def render(overlay: str) -> list[Doc]:
 
 def vendored_crds() -> dict[str, str]:
     """File name (without .gz) -> YAML text of every vendored CRD."""
-    return {path.name[: -len(".gz")]: gzip.decompress(path.read_bytes()).decode() for path in sorted(CRDS.glob("*.yaml.gz"))}
+    return {
+        path.name[: -len(".gz")]: gzip.decompress(path.read_bytes()).decode() for path in sorted(CRDS.glob("*.yaml.gz"))
+    }
 
 
 def _strict(schema: Any) -> Any:
@@ -234,7 +244,13 @@ def pod_templates(doc: Doc) -> Iterator[tuple[str, Doc]]:
     name = f"{doc['kind']}/{doc['metadata']['name']}"
     if doc["kind"] in ("Deployment", "Job"):
         yield name, doc["spec"]["template"]
-    cluster = doc["spec"].get("rayClusterSpec") if doc["kind"] == "RayJob" else doc["spec"] if doc["kind"] == "RayCluster" else None
+    cluster = (
+        doc["spec"].get("rayClusterSpec")
+        if doc["kind"] == "RayJob"
+        else doc["spec"]
+        if doc["kind"] == "RayCluster"
+        else None
+    )
     if cluster:
         yield f"{name} head", cluster["headGroupSpec"]["template"]
         for group in cluster.get("workerGroupSpecs", []):

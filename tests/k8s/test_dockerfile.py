@@ -6,10 +6,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -20,7 +20,7 @@ PIN = re.compile(r'"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^"]+)"')
 
 def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
     out = []
     for line in joined.splitlines():
         if line.strip():
@@ -85,7 +85,7 @@ def test_no_secrets_in_image() -> None:
             assert not re.search(r"(SECRET|TOKEN|PASSWORD|ACCESS_KEY)", args, re.I), f"{word} {args}"
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     # Allow-list context: everything is excluded, then only what the image needs is re-included.
-    rules = [l.strip() for l in ignore if l.strip() and not l.startswith("#")]
+    rules = [rule.strip() for rule in ignore if rule.strip() and not rule.startswith("#")]
     assert rules[0] == "*"
     assert {r for r in rules if r.startswith("!")} == {"!pyproject.toml", "!README.md", "!mmclip_dist/", "!launch/"}
     copied = " ".join(args for word, args in steps if word == "COPY")

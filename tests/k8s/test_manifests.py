@@ -46,10 +46,30 @@ def test_parse_quantity() -> None:
 def test_overlay_renders_expected_kinds(k8s: Any, overlay: str, docs: list[dict]) -> None:
     kinds = sorted(d["kind"] for d in docs)
     expected = {
-        "debug": ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Job", "PersistentVolumeClaim",
-                  "PersistentVolumeClaim", "RayJob", "Service", "Service"],
-        "dev": ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Job", "PersistentVolumeClaim",
-                "PersistentVolumeClaim", "RayCluster", "Service", "Service"],
+        "debug": [
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "Deployment",
+            "Job",
+            "PersistentVolumeClaim",
+            "PersistentVolumeClaim",
+            "RayJob",
+            "Service",
+            "Service",
+        ],
+        "dev": [
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "Deployment",
+            "Job",
+            "PersistentVolumeClaim",
+            "PersistentVolumeClaim",
+            "RayCluster",
+            "Service",
+            "Service",
+        ],
         "prod": ["ConfigMap", "ConfigMap", "Deployment", "PersistentVolumeClaim", "RayJob", "Service"],
     }[overlay]
     assert kinds == expected
@@ -77,10 +97,16 @@ def test_fallback_renderer_rejects_unsupported_keys(k8s: Any, tmp_path: Path) ->
 
 def test_json6902_subset(k8s: Any) -> None:
     doc = {"a": {"b": [1, 2], "c": "x"}}
-    k8s.apply_json6902(doc, [{"op": "add", "path": "/a/b/-", "value": 3},
-                             {"op": "replace", "path": "/a/c", "value": "y"},
-                             {"op": "remove", "path": "/a/b/0"},
-                             {"op": "add", "path": "/a/d~1e", "value": {"f": 1}}], "t")
+    k8s.apply_json6902(
+        doc,
+        [
+            {"op": "add", "path": "/a/b/-", "value": 3},
+            {"op": "replace", "path": "/a/c", "value": "y"},
+            {"op": "remove", "path": "/a/b/0"},
+            {"op": "add", "path": "/a/d~1e", "value": {"f": 1}},
+        ],
+        "t",
+    )
     assert doc == {"a": {"b": [2, 3], "c": "y", "d/e": {"f": 1}}}
     with pytest.raises(KeyError):
         k8s.apply_json6902(doc, [{"op": "replace", "path": "/a/missing", "value": 1}], "t")
@@ -131,8 +157,12 @@ def test_ray_resources_validate_against_kuberay_crds(k8s: Any, docs: list[dict])
         # The CRD leaves metadata and embedded pod templates loosely typed in places; check the pods
         # against the core Pod schema as well.
         for where, template in k8s.pod_templates(doc):
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **template.get("metadata", {})},
-                   "spec": template["spec"]}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "x", **template.get("metadata", {})},
+                "spec": template["spec"],
+            }
             try:
                 _validate_core(pod)
             except kubernetes_validate.ValidationError as err:

@@ -1,3 +1,3 @@
 """Fixtures for the losses tests: a tiny local BERT folder and a tiny MM-CLIP config (shared with the model tests)."""
 
-from tests.model_fixtures import text_folder, tiny_cfg  # noqa: F401  (pytest fixtures)
+from mmclip_devtools.fixtures.models import text_folder, tiny_cfg  # noqa: F401  (pytest fixtures)

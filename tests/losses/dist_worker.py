@@ -17,12 +17,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from mmclip_devtools.toy_models import random_batch  # noqa: E402
 from mmclip_dist.config import LossConfig, ModelConfig  # noqa: E402
 from mmclip_dist.losses import MMCLIPLoss  # noqa: E402
 from mmclip_dist.losses.distributed import mean_across_ranks  # noqa: E402
 from mmclip_dist.losses.feature_cache import FeatureCache  # noqa: E402
 from mmclip_dist.model import MMCLIP, MMCLIPOutput  # noqa: E402
-from mmclip_dist.model.debug import random_batch  # noqa: E402
 
 GLOBAL_BATCH = 8
 # Views with at least one RoI: first half (rank 0) CC 3 / MLO 3, second half (rank 1) CC 1 / MLO 1.
@@ -32,8 +32,14 @@ TERMS = ("loss_global", "loss_roi", "loss_cross_view", "loss")
 
 def run(rank: int, world: int, text_folder: str, dtype: torch.dtype) -> dict:
     cfg = ModelConfig(
-        backbone="test_resnet", text_encoder=text_folder, embed_dim=16, roi_match_dim=16,
-        roi_match_heads=2, roi_output_size=3, dropout=0.1, text_pooling="mean",
+        backbone="test_resnet",
+        text_encoder=text_folder,
+        embed_dim=16,
+        roi_match_dim=16,
+        roi_match_heads=2,
+        roi_output_size=3,
+        dropout=0.1,
+        text_pooling="mean",
     )
     torch.manual_seed(0)
     # eval(): no dropout and BatchNorm on running statistics, so a sample's features do not depend on

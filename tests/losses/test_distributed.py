@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmclip_dist.net import free_port
+from mmclip_dist.loopback import free_port
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -28,11 +28,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory, text_folder: Path) -> dict:
     jobs = {
         "single": [sys.executable, str(WORKER), "0", "1", "0", str(text_folder), str(out / "single.pt")],
         **{
-            f"rank{r}": [sys.executable, str(WORKER), str(r), "2", str(port), str(text_folder), str(out / f"rank{r}.pt")]
+            f"rank{r}": [
+                sys.executable,
+                str(WORKER),
+                str(r),
+                "2",
+                str(port),
+                str(text_folder),
+                str(out / f"rank{r}.pt"),
+            ]
             for r in (0, 1)
         },
     }
-    procs = {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for name, cmd in jobs.items()}
+    procs = {
+        name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for name, cmd in jobs.items()
+    }
     try:
         logs = {name: p.communicate(timeout=150)[0].decode(errors="replace") for name, p in procs.items()}
     finally:

@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
+from mmclip_devtools.toy_models import random_batch
 from mmclip_dist.config import LossConfig, ModelConfig
 from mmclip_dist.losses import MMCLIPLoss
 from mmclip_dist.losses.feature_cache import FeatureCache
 from mmclip_dist.model import MMCLIP, MMCLIPOutput
-from mmclip_dist.model.debug import random_batch
 
 VALID = [[1, 0], [2, 3], [0, 0], [1, 1], [0, 2], [3, 1], [1, 0], [0, 1]]
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from mmclip_devtools.toy_models import random_batch
 from mmclip_dist.config import LossConfig, ModelConfig
 from mmclip_dist.losses import MMCLIPLoss
 from mmclip_dist.losses.clip import clip_loss_naive
 from mmclip_dist.model import MMCLIP
-from mmclip_dist.model.debug import random_batch
 
 VALID = [[1, 0], [2, 3], [0, 0], [1, 1], [0, 2]]
 SCALES = ("logit_scale_cc", "logit_scale_mlo", "roi_scale_cc", "roi_scale_mlo")
@@ -30,13 +30,18 @@ def test_terms_follow_the_equations(setup) -> None:
     terms = MMCLIPLoss(cfg)(out, model)
     img, txt = out.image_embed, out.text_embed
     # Eq. 7: mean over views of Eq. 6 with alpha_0 (CC) and alpha_1 (MLO).
-    glob = (clip_loss_naive(img[:, 0], txt[:, 0], torch.tensor(5.0)) + clip_loss_naive(img[:, 1], txt[:, 1], torch.tensor(7.0))) / 2
+    glob = (
+        clip_loss_naive(img[:, 0], txt[:, 0], torch.tensor(5.0))
+        + clip_loss_naive(img[:, 1], txt[:, 1], torch.tensor(7.0))
+    ) / 2
     assert torch.allclose(terms["loss_global"], glob, atol=1e-5)
     # Eq. 8: per view, RoI matcher scores x alpha_2/alpha_3 on the breasts whose view has a RoI.
     roi_terms = []
     for v, scale in ((0, 3.0), (1, 2.0)):
         keep = out.roi_valid[:, v].any(-1)
-        s = model.roi_matcher(out.roi_feats[keep, v], out.roi_valid[keep, v], out.text_tokens[keep, v], out.text_mask[keep, v])
+        s = model.roi_matcher(
+            out.roi_feats[keep, v], out.roi_valid[keep, v], out.text_tokens[keep, v], out.text_mask[keep, v]
+        )
         logits = scale * s
         t = torch.arange(int(keep.sum()))
         roi_terms.append(torch.nn.functional.cross_entropy(logits, t) + torch.nn.functional.cross_entropy(logits.T, t))

@@ -1,3 +1,3 @@
 """Fixtures for the model tests: a tiny local BERT folder and a tiny MM-CLIP config (shared with the loss tests)."""
 
-from tests.model_fixtures import text_folder, tiny_cfg  # noqa: F401  (pytest fixtures)
+from mmclip_devtools.fixtures.models import text_folder, tiny_cfg  # noqa: F401  (pytest fixtures)

@@ -21,7 +21,9 @@ def test_logit_scales_init_and_clamp() -> None:
     assert torch.allclose(scales.log_scale.grad, torch.tensor([0.0, 3.0, 0.0, 0.0]))
 
 
-def reference_score(m: RoIMatcher, roi: torch.Tensor, valid: torch.Tensor, tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def reference_score(
+    m: RoIMatcher, roi: torch.Tensor, valid: torch.Tensor, tok: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """One (image, text) pair at a time with torch's own attention: the definition of Eq. 5's score."""
     d = roi.shape[-1]
     out = torch.zeros(roi.shape[0], tok.shape[0])
@@ -83,7 +85,14 @@ def test_chunking_and_checkpointing_are_exact_with_dropout(chunk: int, ckpt: boo
         torch.manual_seed(7)
         # One chunk per text so the dropout draws are the same size and order in both runs.
         parts = [
-            m(roi, valid, tok[s : s + chunk_size], mask[s : s + chunk_size], chunk_size=chunk_size, use_checkpoint=use_ckpt)
+            m(
+                roi,
+                valid,
+                tok[s : s + chunk_size],
+                mask[s : s + chunk_size],
+                chunk_size=chunk_size,
+                use_checkpoint=use_ckpt,
+            )
             for s in range(0, 5, chunk_size)
         ]
         out = torch.cat(parts, 1)

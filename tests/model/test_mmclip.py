@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmclip_devtools.toy_models import random_batch
 from mmclip_dist.config import DataConfig, ModelConfig
 from mmclip_dist.model import MMCLIP
-from mmclip_dist.model.debug import random_batch
 
 
 def test_forward_follows_the_batch_contract(tiny_cfg: ModelConfig) -> None:
@@ -58,7 +58,9 @@ def test_save_and_load_pretrained_round_trip(tiny_cfg: ModelConfig, tmp_path: Pa
     folder = tmp_path / "export"
     model.save_pretrained(folder)
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "text_encoder"}
-    assert (folder / "text_encoder" / "config.json").is_file() and (folder / "text_encoder" / "tokenizer.json").is_file()
+    assert (folder / "text_encoder" / "config.json").is_file() and (
+        folder / "text_encoder" / "tokenizer.json"
+    ).is_file()
     # Portable: no absolute path (tmp dir, text encoder folder) in any file of the export.
     for path in folder.rglob("*"):
         if path.is_file():

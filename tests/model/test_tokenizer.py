@@ -15,7 +15,13 @@ TEXTS = ["Mass in the upper outer quadrant.", "Calcifications, BI-RADS 4.", "mas
 def test_trained_tokenizer_loads_with_autotokenizer(tmp_path: Path) -> None:
     train_wordpiece_tokenizer(TEXTS, tmp_path, vocab_size=200)
     tok = AutoTokenizer.from_pretrained(str(tmp_path))
-    assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id] == [0, 1, 2, 3, 4]
+    assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
     ids = tok("MASS in Quadrant")["input_ids"]
     # [CLS] ... [SEP] around lowercased words that are whole entries of the learnt vocabulary.
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id

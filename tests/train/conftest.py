@@ -1,26 +1,20 @@
 """Fixtures of the training tests: tiny shards + text encoder built once, a shared 1-node local Ray cluster.
 
-Builders and driver helpers live in ``train_fixtures.py``; the S3 fixtures come from ``tests/data``.
+Builders and driver helpers live in ``mmclip_devtools/fixtures/training.py``; the S3 fixtures come from ``tests/data``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from unittest import mock
 
 import pytest
 
-# --import-mode=importlib does not put test folders on sys.path; the builders are plain helpers.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from train_fixtures import TrainAssets, build_train_assets  # noqa: E402
-
-from mmclip_dist.data.s3_server import LocalS3Server  # noqa: E402
-from mmclip_dist.train.ray_cluster import LocalRayCluster  # noqa: E402
-from tests.data.s3_fixture import s3_env, s3_prefix, s3_server  # noqa: E402,F401
+from mmclip_devtools.fixtures.s3 import s3_env, s3_prefix, s3_server  # noqa: E402,F401
+from mmclip_devtools.fixtures.training import TrainAssets, build_train_assets  # noqa: E402
+from mmclip_devtools.local_ray import LocalRayCluster  # noqa: E402
+from mmclip_devtools.s3_server import LocalS3Server  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,18 @@ def test_snapshot_equals_the_resolved_production_config() -> None:
 @pytest.mark.parametrize("hide_pydantic", [False, True])
 def test_cpu_dry_run_reports_both_throughputs(hide_pydantic: bool) -> None:
     hide = "sys.modules['pydantic'] = None; " if hide_pydantic else ""
-    script = (f"import runpy, sys; {hide}sys.argv = ['gpu_smoke.py', '--cpu-dry-run']; "
-              "runpy.run_path('bench/gpu_smoke.py', run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=220,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    script = (
+        f"import runpy, sys; {hide}sys.argv = ['gpu_smoke.py', '--cpu-dry-run']; "
+        "runpy.run_path('bench/gpu_smoke.py', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["backbone"] == "test_efficientnet" and result["image_size"] == [64, 48]

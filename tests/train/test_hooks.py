@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmclip_dist.train.hooks import HOOK_ENVS, PID_DIR_ENV, STEP_SLEEP_ENV, STOP_AFTER_ENV, StepHooks, read_events
+from mmclip_devtools.fault_hooks import HOOK_ENVS, PID_DIR_ENV, STEP_SLEEP_ENV, STOP_AFTER_ENV, StepHooks, read_events
 from mmclip_dist.train.loop import worker_env
 
 

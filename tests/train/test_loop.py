@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_fixtures import (
+
+from mmclip_devtools.fault_hooks import PID_DIR_ENV, STEP_SLEEP_ENV, read_events
+from mmclip_devtools.fixtures.training import (
     TrainAssets,
     checkpoint_dirs,
     deepspeed_fp32_weights,
@@ -21,10 +23,8 @@ from train_fixtures import (
     tiny_config,
     wait_for,
 )
-
+from mmclip_devtools.local_ray import LocalRayCluster
 from mmclip_dist.model import MMCLIP
-from mmclip_dist.train.hooks import PID_DIR_ENV, STEP_SLEEP_ENV, read_events
-from mmclip_dist.train.ray_cluster import LocalRayCluster
 from mmclip_dist.train.state import STATE_FILE
 
 
@@ -34,9 +34,16 @@ def test_sigkilled_worker_is_restored_from_its_last_checkpoint(
     train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
 ) -> None:
     every, total = 3, 8
-    cfg = tiny_config(train_assets, tmp_path, [
-        f"train.max_steps={total}", f"train.checkpoint_every={every}", "train.max_failures=1", "train.run_name=fault",
-    ])
+    cfg = tiny_config(
+        train_assets,
+        tmp_path,
+        [
+            f"train.max_steps={total}",
+            f"train.checkpoint_every={every}",
+            "train.max_failures=1",
+            "train.run_name=fault",
+        ],
+    )
     pid_dir = tmp_path / "pids"
     # 0.5 s after every step: the kill below lands while steps are still to come.
     env = {**ray_node.env(), PID_DIR_ENV: str(pid_dir), STEP_SLEEP_ENV: "0.5"}

@@ -17,13 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mmclip_dist.train.ray_cluster import (
-    LocalRayCluster,
-    assert_loopback_only,
-    is_loopback,
-    listening_sockets,
-    ray_env_for_loopback,
-)
+from mmclip_devtools.local_ray import LocalRayCluster, assert_loopback_only, is_loopback, listening_sockets
+from mmclip_dist.train.ray_env import ray_env_for_loopback
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +28,10 @@ def _run_driver(script: str, env: dict[str, str], timeout: float = 120) -> dict:
     res = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
         env={**os.environ, **env, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
     )
     assert res.returncode == 0, f"driver failed ({res.returncode}):\n{res.stderr[-4000:]}"
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -42,15 +40,22 @@ def _run_driver(script: str, env: dict[str, str], timeout: float = 120) -> dict:
 def _has_routable_ipv4() -> bool:
     return any(
         a.family == socket.AF_INET and not is_loopback(a.address)
-        for addrs in psutil.net_if_addrs().values() for a in addrs
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
     )
 
 
 @pytest.mark.parametrize(
     ("ip", "expected"),
     [
-        ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
-        ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("::ffff:192.0.2.2", False),
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.2", False),
+        ("::ffff:192.0.2.2", False),
         ("fe80::1%eth0", False),
     ],
 )
@@ -79,7 +84,8 @@ def test_listening_sockets_sees_own_tcp_listener_and_bound_udp() -> None:
 
 def test_ray_env_for_loopback() -> None:
     assert ray_env_for_loopback() == {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
     }
     env = ray_env_for_loopback("s3cret")
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == "s3cret"
@@ -89,8 +95,12 @@ def test_ray_env_for_loopback() -> None:
 def test_init_local_ray_refuses_without_loopback_env() -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     res = subprocess.run(
-        [sys.executable, "-c", "from mmclip_dist.train.ray_cluster import init_local_ray; init_local_ray(1)"],
-        env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120, cwd=REPO,
+        [sys.executable, "-c", "from mmclip_dist.train.ray_env import init_local_ray; init_local_ray(1)"],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert res.returncode != 0
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in res.stderr
@@ -98,7 +108,7 @@ def test_init_local_ray_refuses_without_loopback_env() -> None:
 
 CLUSTER_DRIVER = """
     import json, os, ray
-    from mmclip_dist.train.ray_cluster import listening_sockets
+    from mmclip_devtools.local_ray import listening_sockets
 
     ray.init(logging_level="ERROR")  # address and auth token come from the cluster's env()
 
@@ -166,7 +176,8 @@ def test_two_node_cluster_on_loopback_only() -> None:
 INIT_DRIVER = """
     import json, os, psutil, ray, shutil
     from ray.util.state import list_actors
-    from mmclip_dist.train.ray_cluster import init_local_ray, listening_sockets
+    from mmclip_dist.train.ray_env import init_local_ray
+    from mmclip_devtools.local_ray import listening_sockets
 
     temp_dir = init_local_ray(num_cpus=1)
 

@@ -1,7 +1,7 @@
 """Production training through ``mmclip-dist train`` on real local Ray clusters, DeepSpeed, MLflow and SeaweedFS.
 
 Each test runs the CLI driver in a subprocess joined to a local Ray cluster on 127.0.0.1 (``LocalRayCluster``)
-and steers the workers through the test hooks of ``mmclip_dist.train.hooks``.
+and steers the workers through the test hooks of ``mmclip_devtools.fault_hooks``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from train_fixtures import (
+
+from mmclip_devtools.fault_hooks import PID_DIR_ENV, STEP_SLEEP_ENV, STOP_AFTER_ENV, read_events
+from mmclip_devtools.fixtures.training import (
     TrainAssets,
     checkpoint_dirs,
     finish_train,
@@ -29,12 +31,10 @@ from train_fixtures import (
     tiny_config,
     wait_for,
 )
-
-from mmclip_dist.data.s3_server import LocalS3Server
+from mmclip_devtools.local_ray import LocalRayCluster
+from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.data.storage import open_storage
 from mmclip_dist.model import MMCLIP
-from mmclip_dist.train.hooks import PID_DIR_ENV, STEP_SLEEP_ENV, STOP_AFTER_ENV, read_events
-from mmclip_dist.train.ray_cluster import LocalRayCluster
 from mmclip_dist.train.state import DEEPSPEED_TAG, STATE_FILE
 
 pytestmark = pytest.mark.integration
@@ -61,12 +61,14 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     common = [f"train.max_steps={total}", "train.checkpoint_every=1", "train.warmup_steps=2", "model.dropout=0.2"]
     env = ray_node.env()
 
-    straight = tiny_config(train_assets, tmp_path, [*common, "train.run_name=straight",
-                                                    f"train.export_dir={tmp_path / 'straight'}"])
+    straight = tiny_config(
+        train_assets, tmp_path, [*common, "train.run_name=straight", f"train.export_dir={tmp_path / 'straight'}"]
+    )
     run_train(straight, tmp_path, env, name="straight")
 
-    resumed = tiny_config(train_assets, tmp_path, [*common, "train.run_name=resumed",
-                                                   f"train.export_dir={tmp_path / 'resumed'}"])
+    resumed = tiny_config(
+        train_assets, tmp_path, [*common, "train.run_name=resumed", f"train.export_dir={tmp_path / 'resumed'}"]
+    )
     for attempt, cut in enumerate(cuts):
         run_train(resumed, tmp_path, {**env, STOP_AFTER_ENV: str(cut)}, name=f"cut{cut}", resume=attempt > 0)
         newest = checkpoint_dirs(tmp_path / "runs" / "resumed")[-1]
@@ -77,7 +79,9 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     # Same data order, same dropout masks, same optimizer and lr-schedule state: bit-identical weights.
     want, got = state_dict_of(tmp_path / "straight"), state_dict_of(tmp_path / "resumed")
     assert want.keys() == got.keys()
-    differing = {k: float((want[k].double() - got[k].double()).abs().max()) for k in want if not torch.equal(want[k], got[k])}
+    differing = {
+        k: float((want[k].double() - got[k].double()).abs().max()) for k in want if not torch.equal(want[k], got[k])
+    }
     assert not differing, f"resumed weights differ from the uninterrupted run: {differing}"
 
     tracking_uri = resumed.tracking.tracking_uri
@@ -101,8 +105,9 @@ def _upload_shards(folder: Path, url: str, endpoint: str) -> None:
 def _alive_node_ids(cluster: LocalRayCluster) -> set[str]:
     """Node ids of the cluster, asked from a fresh driver (this process must not import a configured ray)."""
     script = "import json, ray; ray.init(logging_level='ERROR'); print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, **cluster.env()},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, **cluster.env()}, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -113,11 +118,21 @@ def test_two_node_run_streams_shards_from_s3_and_checkpoints_there(
 ) -> None:
     endpoint = s3_server.endpoint
     _upload_shards(train_assets.shards, f"{s3_prefix}/shards", endpoint)
-    cfg = tiny_config(train_assets, tmp_path, [
-        f"data.train_shards={s3_prefix}/shards", f"data.eval_shards={s3_prefix}/shards", f"data.s3_endpoint={endpoint}",
-        f"train.storage_path={s3_prefix}/runs", f"train.storage_endpoint={endpoint}", "train.export_dir=",
-        "train.max_steps=4", "train.checkpoint_every=2", "train.run_name=two-node",
-    ])
+    cfg = tiny_config(
+        train_assets,
+        tmp_path,
+        [
+            f"data.train_shards={s3_prefix}/shards",
+            f"data.eval_shards={s3_prefix}/shards",
+            f"data.s3_endpoint={endpoint}",
+            f"train.storage_path={s3_prefix}/runs",
+            f"train.storage_endpoint={endpoint}",
+            "train.export_dir=",
+            "train.max_steps=4",
+            "train.checkpoint_every=2",
+            "train.run_name=two-node",
+        ],
+    )
     pid_dir = tmp_path / "pids"
     # s3_env put the credentials in os.environ before the nodes start: the workers hold them the way pods
     # of a real cluster do, never through the job's runtime env.
@@ -133,7 +148,7 @@ def test_two_node_run_streams_shards_from_s3_and_checkpoints_there(
     checkpoints = sorted({n.split("/")[0] for n in names if n.startswith("checkpoint_") and "/" in n})
     assert len(checkpoints) == 2, names  # steps 2 and 4, keep_checkpoints=2
     for checkpoint in checkpoints:
-        files = {n[len(checkpoint) + 1:] for n in names if n.startswith(checkpoint + "/")}
+        files = {n[len(checkpoint) + 1 :] for n in names if n.startswith(checkpoint + "/")}
         # Rank 1's files were written on node 1 and uploaded from there; Ray merged them into one checkpoint.
         assert {STATE_FILE, "rng_rank0.pt", "rng_rank1.pt"} <= files, files
         assert any(f.startswith(f"{DEEPSPEED_TAG}/") and "optim_states" in f for f in files), files
@@ -151,18 +166,30 @@ def test_two_node_run_streams_shards_from_s3_and_checkpoints_there(
 
 @pytest.mark.timeout(420)
 def test_training_rides_out_an_s3_server_restart(
-    train_assets: TrainAssets, ray_node: LocalRayCluster, s3_server: LocalS3Server, s3_env: dict[str, str],
+    train_assets: TrainAssets,
+    ray_node: LocalRayCluster,
+    s3_server: LocalS3Server,
+    s3_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
     # A server of its own (the shared one must stay up), with the credentials the Ray node already holds.
-    with LocalS3Server(tmp_path / "s3", bucket="restart", access_key=s3_server.access_key,
-                       secret_key=s3_server.secret_key) as server:
+    with LocalS3Server(
+        tmp_path / "s3", bucket="restart", access_key=s3_server.access_key, secret_key=s3_server.secret_key
+    ) as server:
         _upload_shards(train_assets.shards, "s3://restart/shards", server.endpoint)
         total = 12
-        cfg = tiny_config(train_assets, tmp_path, [
-            "data.train_shards=s3://restart/shards", f"data.s3_endpoint={server.endpoint}",
-            f"train.max_steps={total}", "train.checkpoint_every=0", "train.max_failures=0", "train.run_name=s3-restart",
-        ])
+        cfg = tiny_config(
+            train_assets,
+            tmp_path,
+            [
+                "data.train_shards=s3://restart/shards",
+                f"data.s3_endpoint={server.endpoint}",
+                f"train.max_steps={total}",
+                "train.checkpoint_every=0",
+                "train.max_failures=0",
+                "train.run_name=s3-restart",
+            ],
+        )
         pid_dir = tmp_path / "pids"
         env = {**ray_node.env(), PID_DIR_ENV: str(pid_dir), STEP_SLEEP_ENV: "0.5"}
         proc, log = start_train(cfg, tmp_path, env)

@@ -2,7 +2,7 @@
 
 An adapter turns a dataset's CSVs into ``BreastRecord``s (one per breast = one future sample) and
 ``Reject``s (inputs it could not use, with the reason). Records still carry raw ids and paths; only
-``mmclip_dist.data.deid`` decides what of them may leave the builder.
+``mmclip_dist.data.build.deid`` decides what of them may leave the builder.
 """
 
 from __future__ import annotations

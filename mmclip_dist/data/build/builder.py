@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from mmclip_dist.config import ShardsConfig
-from mmclip_dist.data import deid
-from mmclip_dist.data.adapters import read_dataset
-from mmclip_dist.data.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
-from mmclip_dist.data.reports import load_rewriter
-from mmclip_dist.data.samples import PNG_COMPRESS_LEVEL, SCHEMA_VERSION, Sample, SampleSpec, breast_key, \
+from mmclip_dist.data.build import deid
+from mmclip_dist.data.build.adapters import read_dataset
+from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
+from mmclip_dist.data.build.reports import load_rewriter
+from mmclip_dist.data.build.sample_files import PNG_COMPRESS_LEVEL, SCHEMA_VERSION, Sample, SampleSpec, breast_key, \
     make_sample, patient_key
 from mmclip_dist.data.synthetic import TRUTH_FILE
-from mmclip_dist.data.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
+from mmclip_dist.data.build.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
 
 LABEL_NAMES = {"1": "malignant", "0": "benign", "-1": "unknown"}
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from mmclip_dist.data.dicom import DecodedImage
+from mmclip_dist.data.build.dicom import DecodedImage
 
 
 @dataclass

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
-from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.build.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
+from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
     from mmclip_dist.config import ShardsConfig

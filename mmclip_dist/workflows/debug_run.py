@@ -68,14 +68,14 @@ def prepare_debug_config(cfg: Config, workdir: Path) -> Config:
 
 def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> DebugSummary:
     """Run every stage; ``log`` receives one line per stage."""
-    from mmclip_dist.data.build import build_shards
-    from mmclip_dist.data.loader import list_shards, make_eval_loader
+    from mmclip_dist.data.build.builder import build_shards
+    from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
     from mmclip_dist.data.synthetic import generate_vindr_dataset
     from mmclip_dist.eval.zeroshot import zero_shot_malignancy
     from mmclip_dist.model import MMCLIP
     from mmclip_dist.model.text_pretrain import pretrain_mlm
     from mmclip_dist.model.tokenizer import build_text_encoder_folder, train_wordpiece_tokenizer
-    from mmclip_dist.train.tracking import RunLogger
+    from mmclip_dist.tracking import RunLogger
     from mmclip_dist.train.trainer import run_training
 
     cfg = prepare_debug_config(cfg, workdir)
@@ -101,18 +101,25 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     syn = cfg.synthetic
     tokenizer = train_wordpiece_tokenizer(reports, Path(cfg.model.text_encoder), vocab_size=syn.text_vocab)
     build_text_encoder_folder(
-        Path(cfg.model.text_encoder), tokenizer, hidden_size=syn.text_hidden, layers=syn.text_layers,
+        Path(cfg.model.text_encoder),
+        tokenizer,
+        hidden_size=syn.text_hidden,
+        layers=syn.text_layers,
         heads=max(1, syn.text_hidden // 32),
     )
     mlm_loss = pretrain_mlm(cfg.model.text_encoder, reports, steps=syn.mlm_steps) if syn.mlm_steps else float("nan")
     lap("text_encoder")
     pretrained = f"MLM-pretrained on the train reports (loss {mlm_loss:.3f})" if syn.mlm_steps else "random init"
-    log(f"[3/5] WordPiece tokenizer ({len(tokenizer)} tokens) and a {syn.text_layers}-layer BERT "
-        f"({pretrained}) in {cfg.model.text_encoder}")
+    log(
+        f"[3/5] WordPiece tokenizer ({len(tokenizer)} tokens) and a {syn.text_layers}-layer BERT "
+        f"({pretrained}) in {cfg.model.text_encoder}"
+    )
 
     result = run_training(cfg)
     lap("train")
-    log(f"[4/5] trained {cfg.train.max_steps} steps on {cfg.train.num_workers} Ray workers (DeepSpeed ZeRO-{cfg.train.zero_stage})")
+    log(
+        f"[4/5] trained {cfg.train.max_steps} steps on {cfg.train.num_workers} Ray workers (DeepSpeed ZeRO-{cfg.train.zero_stage})"
+    )
 
     model = MMCLIP.from_pretrained(result.export_dir)
     eval_batches = make_eval_loader(
@@ -126,7 +133,14 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
 
     losses = {k: v for k, v in result.metrics.items() if k.startswith("loss")}
     return DebugSummary(
-        workdir=workdir, samples={k: v["samples"] for k, v in built.manifest["splits"].items()}, shards=len(built.shards), rejects=len(built.rejects),
-        steps=cfg.train.max_steps, final_losses=losses, zero_shot=zero_shot.metrics,
-        mlflow_run_id=result.mlflow_run_id, tracking_uri=result.tracking_uri, seconds=seconds,
+        workdir=workdir,
+        samples={k: v["samples"] for k, v in built.manifest["splits"].items()},
+        shards=len(built.shards),
+        rejects=len(built.rejects),
+        steps=cfg.train.max_steps,
+        final_losses=losses,
+        zero_shot=zero_shot.metrics,
+        mlflow_run_id=result.mlflow_run_id,
+        tracking_uri=result.tracking_uri,
+        seconds=seconds,
     )

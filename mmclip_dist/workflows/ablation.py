@@ -138,15 +138,17 @@ def run_ablation(
     from mlflow.tracking import MlflowClient
 
     from mmclip_dist.eval.compare import compare_runs, fetch_runs
-    from mmclip_dist.train.tracking import resolve_tracking_uri
+    from mmclip_dist.tracking import resolve_tracking_uri
 
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"ablation modes {list(modes)}: each must be one of {list(MODES)}")
     runs: list[VariantRun] = []
     for index, (variant, vcfg) in enumerate(plan_ablation(cfg, variants)):
-        log_fn(f"[ablation {index + 1}/{len(variants)}] {variant.name} ({variant.description}): "
-               f"{' '.join(variant.overrides) or 'no overrides'}")
+        log_fn(
+            f"[ablation {index + 1}/{len(variants)}] {variant.name} ({variant.description}): "
+            f"{' '.join(variant.overrides) or 'no overrides'}"
+        )
         run_id, model_ref = train_fn(vcfg)
         run = VariantRun(variant, run_id, model_ref)
         for mode in modes:

@@ -8,7 +8,7 @@ Ray / MLflow through the standard ``AWS_*`` variables) can talk to it like to an
         subprocess.run([...], env={**os.environ, **server.env()})
 
 ``restart()`` kills the process and starts it again on the same ports and data folder, which is how tests
-simulate an object store that drops connections mid-stream. ``python -m mmclip_dist.data.s3_server --dir D``
+simulate an object store that drops connections mid-stream. ``python -m mmclip_devtools.s3_server --dir D``
 runs one in the foreground for local development.
 """
 
@@ -31,7 +31,7 @@ from typing import BinaryIO
 import boto3
 from botocore.config import Config as BotoConfig
 
-from mmclip_dist.net import free_loopback_ports
+from mmclip_dist.loopback import free_loopback_ports
 
 # Names of every port the process opens; each gets its own free loopback port so that parallel test sessions
 # on one machine never collide and nothing listens on a public interface.
@@ -254,8 +254,7 @@ class LocalS3Server:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise _StartFailed(
-                    f"SeaweedFS exited with code {self._proc.returncode} during startup; "
-                    f"log tail:\n{self._log_tail()}"
+                    f"SeaweedFS exited with code {self._proc.returncode} during startup; log tail:\n{self._log_tail()}"
                 )
             try:
                 # An authenticated bucket listing proves gateway, filer and identity config are all up.

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from mmclip_dist.net import free_port
+from mmclip_dist.loopback import free_port
 
 
 def process_group_members(pgid: int) -> list[int]:
@@ -89,7 +89,7 @@ class LocalMlflowServer:
             "--artifacts-destination", artifacts.as_uri(),
         ]  # fmt: skip
 
-    def start(self) -> "LocalMlflowServer":
+    def start(self) -> LocalMlflowServer:
         if self._proc is not None:
             raise RuntimeError(f"the MLflow server is already running (pid {self._proc.pid})")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ class LocalMlflowServer:
                 time.sleep(0.1)
         self._proc = None
 
-    def __enter__(self) -> "LocalMlflowServer":
+    def __enter__(self) -> LocalMlflowServer:
         return self.start()
 
     def __exit__(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmclip_dist.data.records import Reject
+from mmclip_dist.data.build.records import Reject
 from mmclip_dist.data.storage import LocalStorage, Storage, open_storage
 
 TAR_MTIME = 946684800  # 2000-01-01: fixed so that rebuilding gives the same bytes

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmclip_dist.config import Config
-from mmclip_dist.data.loader import make_train_loader
+from mmclip_dist.data.stream.loader import make_train_loader
 
 
 @dataclass

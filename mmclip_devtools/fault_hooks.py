@@ -1,4 +1,4 @@
-"""Test hooks of the training loop, each off unless its environment variable is set.
+"""Fault-injection hooks of the training loop (``train.step_callback``), each off unless its env variable is set.
 
 Fault-tolerance tests need to see and steer real workers from outside Ray:
 
@@ -9,7 +9,8 @@ Fault-tolerance tests need to see and steer real workers from outside Ray:
 * ``MMCLIP_TEST_STOP_AFTER_STEP``: end the job after this step's checkpoint, without the export, as if it
   were preempted; ``--resume`` then continues it with the same ``train.max_steps`` (same lr schedule).
 
-The trainer forwards these variables to the workers (``loop.worker_env``); production never sets them.
+Tests enable them with ``train.step_callback=mmclip_devtools.fault_hooks:StepHooks`` (``STEP_CALLBACK``); the
+trainer forwards every ``MMCLIP_*`` variable to the workers (``loop.worker_env``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PID_DIR_ENV = "MMCLIP_TEST_PID_DIR"
 STEP_SLEEP_ENV = "MMCLIP_TEST_STEP_SLEEP"
 STOP_AFTER_ENV = "MMCLIP_TEST_STOP_AFTER_STEP"
 HOOK_ENVS = (PID_DIR_ENV, STEP_SLEEP_ENV, STOP_AFTER_ENV)
+STEP_CALLBACK = "mmclip_devtools.fault_hooks:StepHooks"
 
 
 class StepHooks:
@@ -50,7 +52,11 @@ class StepHooks:
         import ray
 
         line = {
-            "event": event, "rank": self.rank, "pid": os.getpid(), "step": step, "time": time.time(),
+            "event": event,
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "step": step,
+            "time": time.time(),
             "node_id": ray.get_runtime_context().get_node_id(),
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from mmclip_dist.data import deid
-from mmclip_dist.data.dicom import DecodedImage, DicomDecodeError, decode_dicom
-from mmclip_dist.data.preprocess import chest_wall_side, preprocess_view
-from mmclip_dist.data.records import VIEWS, BreastRecord, Reject, ViewRecord
-from mmclip_dist.data.reports import Finding, ReportRewriter, view_report
+from mmclip_dist.data.build import deid
+from mmclip_dist.data.build.dicom import DecodedImage, DicomDecodeError, decode_dicom
+from mmclip_dist.data.build.preprocess import chest_wall_side, preprocess_view
+from mmclip_dist.data.build.records import VIEWS, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.build.reports import Finding, ReportRewriter, view_report
 
 SCHEMA_VERSION = 1
 # zlib level of the PNGs: 1 is several times faster than the default 6 for a few % larger 16-bit images,

@@ -6,7 +6,7 @@ dataset's columns and rules.
 
 Policy for a CSV that lacks a required column: a fatal :class:`AdapterError` naming the file and the
 missing columns (nothing in such a file can be trusted, so there is nothing to reject row by row).
-Every other problem is a :class:`~mmclip_dist.data.records.Reject` for the row or breast concerned.
+Every other problem is a :class:`~mmclip_dist.data.build.records.Reject` for the row or breast concerned.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.records import AdapterResult, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
     from mmclip_dist.config import ShardsConfig
@@ -32,7 +32,7 @@ def read_dataset(cfg: "ShardsConfig") -> AdapterResult:
     """Run the adapter named by ``cfg.dataset``."""
     if cfg.dataset not in ADAPTERS:
         raise AdapterError(f"shards.dataset={cfg.dataset!r}: unknown adapter (known: {sorted(ADAPTERS)})")
-    module = importlib.import_module(f"mmclip_dist.data.adapters.{ADAPTERS[cfg.dataset]}")
+    module = importlib.import_module(f"mmclip_dist.data.build.adapters.{ADAPTERS[cfg.dataset]}")
     return module.read(cfg)
 
 

@@ -1,21 +1,10 @@
-"""Ray bound to 127.0.0.1 only: loopback env, single-node ``ray.init``, a real local multi-node cluster.
+"""A real multi-node Ray cluster on this machine, every server on 127.0.0.1 (tests and benches only).
 
-How Ray 2.60 picks its bind address (see docs/operations.md, "Ray on one machine"):
-
-* Every Ray server (GCS, raylet, core workers, dashboard agent, runtime-env agent, metrics) binds
-  127.0.0.1 when the *node IP* is exactly ``127.0.0.1``, and all interfaces (``::`` / 0.0.0.0) otherwise.
-* But ``ray.init(_node_ip_address="127.0.0.1")``, ``ray start --node-ip-address=127.0.0.1`` and
-  ``--address=127.0.0.1:port`` all rewrite 127.0.0.1 to the machine's routable IP
-  (``services.resolve_ip_for_localhost``) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``.
-  Ray reads that variable once, when ``ray`` is imported, so it must be in the environment of
-  every Ray process (driver included) *before* ``import ray``.
-* With that variable at 0 the ``ray start`` CLI refuses to start non-head nodes, so extra nodes are
-  started by :func:`_worker_node_main` (``python -m mmclip_dist.train.ray_cluster worker-node``),
-  which does what ``ray start --address`` and ``ray.cluster_utils.Cluster.add_node`` do: build a
-  worker ``ray._private.node.Node`` and block.
-
-This module imports ray lazily, inside functions, so that importing it does not freeze Ray's
-constants before :func:`ray_env_for_loopback` has been applied.
+With ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (needed for loopback, see ``mmclip_dist.train.ray_env``) the
+``ray start`` CLI refuses to start non-head nodes, so extra nodes are started by
+:func:`_worker_node_main` (``python -m mmclip_devtools.local_ray worker-node``), which does what
+``ray start --address`` and ``ray.cluster_utils.Cluster.add_node`` do: build a worker
+``ray._private.node.Node`` and block. Socket checks prove that nothing binds beyond loopback.
 """
 
 from __future__ import annotations
@@ -23,7 +12,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -35,101 +23,16 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from mmclip_dist.net import LOOPBACK, free_loopback_ports
+from mmclip_dist.loopback import LOOPBACK, free_loopback_ports
+from mmclip_dist.train.ray_env import metrics_port_env, ray_env_for_loopback, require_loopback_node_ip
 
 # Set on every process a LocalRayCluster starts; Ray workers inherit it from their raylet, so
 # stop() can find (and kill) exactly this cluster's processes, even ones orphaned by a dead raylet.
 _MARKER_ENV = "MMCLIP_RAY_CLUSTER_ID"
 _STOP_GRACE_S = 10.0
-
-
-def ray_env_for_loopback(auth_token: str | None = None) -> dict[str, str]:
-    """Env vars that make Ray processes bind 127.0.0.1; apply them before ``import ray``.
-
-    With ``auth_token`` the cluster uses Ray token auth with that token (needed by drivers and
-    ``ray job submit`` alike); without it the auth mode is left to Ray's default (see docs).
-    """
-    env = {
-        # Keeps 127.0.0.1 as the node IP instead of resolving it to the routable IP; the
-        # C++ servers then bind loopback only. Read at `import ray` time.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    if auth_token is not None:
-        env["RAY_AUTH_MODE"] = "token"
-        env["RAY_AUTH_TOKEN"] = auth_token
-    return env
-
-
-def _metrics_port_env() -> dict[str, str]:
-    # The autoscaler monitor and the dashboard serve Prometheus metrics on fixed ports
-    # (44217, 44227) that every Ray on this shared machine would fight over.
-    autoscaler_port, dashboard_port = free_loopback_ports(2)
-    return {"AUTOSCALER_METRIC_PORT": str(autoscaler_port), "DASHBOARD_METRIC_PORT": str(dashboard_port)}
-
-
-def _require_loopback_node_ip() -> None:
-    import ray.util
-
-    ip = ray.util.get_node_ip_address()
-    if ip != LOOPBACK:
-        raise RuntimeError(
-            f"Ray would use node IP {ip}, not {LOOPBACK}: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
-            "(see ray_env_for_loopback()) in the environment before Python imports ray, e.g. at "
-            "the top of the entry point or in the shell."
-        )
-
-
-def init_local_ray(
-    num_cpus: int, runtime_env: dict[str, Any] | None = None, *, include_dashboard: bool = True
-) -> Path:
-    """Start a single-node Ray on 127.0.0.1 only and connect this process to it (debug mode).
-
-    Returns Ray's temp root (session logs, sockets); the caller may delete it after ``ray.shutdown()``.
-
-    The dashboard (bound to 127.0.0.1, free port) stays on by default because Ray's state API
-    lives in it; Ray Train's PlacementGroupCleaner polls that API and warns every few seconds
-    ("Failed to query Ray Train Controller actor state") when it is missing.
-    """
-    import ray
-
-    if ray.is_initialized():
-        raise RuntimeError("init_local_ray: Ray is already initialised in this process")
-    _require_loopback_node_ip()
-    # Child processes (GCS, raylet, dashboard, workers) inherit the driver's environment.
-    os.environ.update(ray_env_for_loopback())
-    os.environ.update(_metrics_port_env())
-    for _attempt in range(2):
-        (dashboard_port,) = free_loopback_ports(1)
-        dashboard_url = f"http://{LOOPBACK}:{dashboard_port}"
-        if include_dashboard:
-            # State API / job clients (also Ray Train's actors) otherwise look for "the" local
-            # cluster by scanning processes, and find the other users' clusters on this machine.
-            os.environ["RAY_API_SERVER_ADDRESS"] = dashboard_url
-        temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-        ctx = ray.init(
-            num_cpus=num_cpus,
-            runtime_env=runtime_env,
-            include_dashboard=include_dashboard,
-            dashboard_host=LOOPBACK,
-            dashboard_port=dashboard_port,
-            _node_ip_address=LOOPBACK,
-            # A short root keeps AF_UNIX socket paths under the 107-byte limit.
-            _temp_dir=str(temp_dir),
-            configure_logging=True,
-            logging_level=logging.WARNING,
-        )
-        if not include_dashboard or f"http://{ctx.dashboard_url}" == dashboard_url:
-            return temp_dir
-        # Someone took the port between our probe and the dashboard's bind: the workers'
-        # RAY_API_SERVER_ADDRESS would point elsewhere, so start over.
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    raise RuntimeError(f"init_local_ray: dashboard did not bind {dashboard_url} twice in a row")
 
 
 def _expand_tree(pids: Iterable[int]) -> list[psutil.Process]:
@@ -281,8 +184,12 @@ class LocalRayCluster:
             # Own session: a Ctrl-C in the test terminal must not hit the nodes half-way, and
             # stop() signals each node by its process.
             proc = subprocess.Popen(
-                argv, env=self._node_env(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                env=self._node_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self._launchers.append(proc)
         self._remember(proc.pid)
@@ -290,29 +197,42 @@ class LocalRayCluster:
     def _start_head(self) -> None:
         assert self.temp_root is not None
         (self.port, self.dashboard_port, agent_port, client_port) = free_loopback_ports(4)
-        self._metrics_env = _metrics_port_env()
+        self._metrics_env = metrics_port_env()
         argv = [
-            str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-            f"--node-ip-address={LOOPBACK}", f"--port={self.port}",
-            f"--num-cpus={self.cpus_per_node[0]}", "--num-gpus=0",
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            f"--node-ip-address={LOOPBACK}",
+            f"--port={self.port}",
+            f"--num-cpus={self.cpus_per_node[0]}",
+            "--num-gpus=0",
             f"--resources={json.dumps({'node_0': 1})}",
             f"--temp-dir={self.temp_root / 'n0'}",
             f"--object-store-memory={self.object_store_mb * 2**20}",
             f"--include-dashboard={str(self.include_dashboard).lower()}",
-            f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-host={LOOPBACK}",
+            f"--dashboard-port={self.dashboard_port}",
             f"--dashboard-agent-listen-port={agent_port}",
             f"--ray-client-server-port={client_port}",
             # 0 = let the OS pick: the default 10002-19999 range is shared with every other Ray here.
-            "--min-worker-port=0", "--max-worker-port=0",
-            "--disable-usage-stats", "--log-style=record", "--log-color=false",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+            "--log-style=record",
+            "--log-color=false",
         ]
         self._spawn(argv, "node0")
 
     def _start_worker_node(self, index: int) -> None:
         assert self.temp_root is not None
         argv = [
-            sys.executable, "-m", "mmclip_dist.train.ray_cluster", "worker-node",
-            f"--address={self.address}", f"--num-cpus={self.cpus_per_node[index]}",
+            sys.executable,
+            "-m",
+            "mmclip_devtools.local_ray",
+            "worker-node",
+            f"--address={self.address}",
+            f"--num-cpus={self.cpus_per_node[index]}",
             f"--resources={json.dumps({f'node_{index}': 1})}",
             f"--temp-dir={self.temp_root / f'n{index}'}",
             f"--object-store-memory={self.object_store_mb * 2**20}",
@@ -341,7 +261,10 @@ class LocalRayCluster:
         left = max(5.0, deadline - time.monotonic())
         res = subprocess.run(
             [sys.executable, "-c", script, str(len(self.cpus_per_node)), str(left)],
-            env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=left + 30,
+            env={**os.environ, **self.env()},
+            capture_output=True,
+            text=True,
+            timeout=left + 30,
         )
         self._check_launchers()
         if res.returncode != 0:
@@ -449,7 +372,7 @@ class LocalRayCluster:
 def _worker_node_main(argv: list[str]) -> None:
     """Run one worker node of a loopback cluster until SIGTERM (what ``ray start --address --block``
     does, which the CLI refuses while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
-    parser = argparse.ArgumentParser(prog="mmclip_dist.train.ray_cluster worker-node")
+    parser = argparse.ArgumentParser(prog="mmclip_devtools.local_ray worker-node")
     parser.add_argument("--address", required=True, help="GCS address of the head, 127.0.0.1:port")
     parser.add_argument("--num-cpus", type=int, required=True)
     parser.add_argument("--resources", default="{}", help="JSON dict of custom resources")
@@ -457,7 +380,7 @@ def _worker_node_main(argv: list[str]) -> None:
     parser.add_argument("--object-store-memory", type=int, required=True)
     args = parser.parse_args(argv)
 
-    _require_loopback_node_ip()
+    require_loopback_node_ip()
     # Private API, same calls as `ray start` (worker branch) and ray.cluster_utils.Cluster.add_node.
     import ray._private.node
     import ray._private.parameter
@@ -496,10 +419,10 @@ def _worker_node_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mmclip_dist.train.ray_cluster worker-node ...`` (used by LocalRayCluster)."""
+    """``python -m mmclip_devtools.local_ray worker-node ...`` (used by LocalRayCluster)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "worker-node":
-        raise SystemExit("usage: python -m mmclip_dist.train.ray_cluster worker-node --address ...")
+        raise SystemExit("usage: python -m mmclip_devtools.local_ray worker-node --address ...")
     _worker_node_main(args[1:])
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.shard_writer import sidecar_name
+from mmclip_dist.data.build.shard_writer import sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,7 @@ def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: A
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     texts = [report for sample in samples for report in sample["reports"]]  # [cc0, mlo0, cc1, mlo1, ...]
-    tokens = tokenizer(
-        texts, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="pt"
-    )
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
     batch = len(samples)
     return {
         "images": torch.from_numpy(np.stack([s["images"] for s in samples])),
@@ -279,8 +277,18 @@ class _TrainStream(IterableDataset):
     """One rank's stream; each DataLoader worker yields its round-robin share of the rank's batches."""
 
     def __init__(
-        self, shards: list[str], cfg: DataConfig, tokenizer: Any, *, rank: int, world_size: int,
-        micro_batch: int, seed: int, epoch: int, num_batches: int, skip_batches: int,
+        self,
+        shards: list[str],
+        cfg: DataConfig,
+        tokenizer: Any,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch: int,
+        seed: int,
+        epoch: int,
+        num_batches: int,
+        skip_batches: int,
     ) -> None:
         self.shards = shards
         self.cfg = cfg
@@ -378,8 +386,16 @@ def make_train_loader(
             f"{total} samples per epoch cannot fill one batch of {micro_batch} on each of {world_size} ranks"
         )
     dataset = _TrainStream(
-        shards, cfg, tokenizer, rank=rank, world_size=world_size, micro_batch=micro_batch, seed=seed,
-        epoch=epoch, num_batches=num_batches, skip_batches=min(skip_batches, num_batches),
+        shards,
+        cfg,
+        tokenizer,
+        rank=rank,
+        world_size=world_size,
+        micro_batch=micro_batch,
+        seed=seed,
+        epoch=epoch,
+        num_batches=num_batches,
+        skip_batches=min(skip_batches, num_batches),
     )
     dataloader = DataLoader(
         dataset,
