@@ -156,19 +156,22 @@ class TrainConfig(_Section):
     export_dir: str = Field("", description="where to export the final DeepSpeed-independent model")
     step_callback: str | None = Field(None, description="'module:Class' built on every worker, called after each step")
 
-    @property
-    def accumulation_steps(self) -> int:
-        return self.global_batch // (self.num_workers * self.micro_batch)
-
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
-        per_step = self.num_workers * self.micro_batch
-        if self.global_batch % per_step != 0 or self.global_batch < per_step:
-            raise ValueError(
-                f"train.global_batch={self.global_batch} must be a positive multiple of "
-                f"num_workers x micro_batch = {self.num_workers} x {self.micro_batch} = {per_step}"
-            )
+        accumulation_steps(self.global_batch, self.num_workers, self.micro_batch)
         return self
+
+
+def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> int:
+    """Micro-batches per rank per optimizer step: ``world_size x micro_batch x accumulation == global_batch``
+    exactly, so the contrastive batch never depends on how it is split."""
+    per_pass = world_size * micro_batch
+    if global_batch % per_pass != 0 or global_batch < per_pass:
+        raise ValueError(
+            f"train.global_batch={global_batch} must be a positive multiple of "
+            f"world size x micro_batch = {world_size} x {micro_batch} = {per_pass}"
+        )
+    return global_batch // per_pass
 
 
 class TrackingConfig(_Section):

@@ -124,7 +124,8 @@ class EvalResult:
 
 
 def _zeroshot(task: Task, cfg: Config, model: Any, tokenizer: Any, data: DataConfig, test: Iterable[dict[str, Any]]):
-    from mmclip_dist.eval.zeroshot import VIEWS, task_prompts, zero_shot_view_probs
+    from mmclip_dist.data.shard_format import VIEWS
+    from mmclip_dist.eval.zeroshot import task_prompts, zero_shot_view_probs
 
     # Prompt wording follows the pretraining reports (VinDr's "BI-RADS proxy" pathology line), not the test set.
     prompts = [task_prompts(task.name, v) for v in VIEWS]

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from mmclip_dist.data.build.reports import Finding, view_report
+from mmclip_dist.data.shard_format import VIEWS
 from mmclip_dist.eval.metrics import binary_metrics, bootstrap_ci
-
-VIEWS = ("cc", "mlo")
 
 
 def malignancy_prompts(view: str, label_source: str = "birads_proxy") -> dict[str, list[str]]:

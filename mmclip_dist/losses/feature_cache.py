@@ -31,21 +31,7 @@ import torch
 from torch import nn
 
 from mmclip_dist.model.mmclip import MMCLIPOutput
-
-RNGState = tuple[torch.Tensor, list[torch.Tensor] | None]
-
-
-def get_rng_state() -> RNGState:
-    """CPU and (if initialised) every CUDA device's generator state."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_state(state: RNGState) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
+from mmclip_dist.rng import RNGState, get_rng_state, set_rng_state
 
 
 def _float_fields(out: MMCLIPOutput) -> list[str]:

@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from mmclip_dist.config import LossConfig
+from mmclip_dist.data.shard_format import VIEWS
 from mmclip_dist.losses.clip import clip_rows, upcast
 from mmclip_dist.losses.cross_view import cross_view_terms
 from mmclip_dist.losses.distributed import gather, world_info
 from mmclip_dist.losses.roi import roi_clip_rows
 from mmclip_dist.model.matching import GLOBAL_CC, ROI_CC, SCALE_NAMES
 from mmclip_dist.model.mmclip import MMCLIPOutput
-
-VIEWS = (0, 1)  # CC, MLO: the view axis of every [B, 2, ...] field
 
 
 def unwrap(model: Any) -> nn.Module:
@@ -60,7 +59,7 @@ class MMCLIPLoss(nn.Module):
         norm = world / n_global
 
         loss_global = img.new_zeros(())
-        for v in VIEWS:
+        for v in range(len(VIEWS)):
             rows = clip_rows(
                 img[:, v], txt[:, v], img_all[:, v], txt_all[:, v], scales[GLOBAL_CC + v], targets, cfg.clip_chunk_size
             )
@@ -75,7 +74,7 @@ class MMCLIPLoss(nn.Module):
             )
 
         loss_roi = img.new_zeros(())
-        for v in VIEWS:
+        for v in range(len(VIEWS)):
             row_sum, n_valid = roi_clip_rows(
                 score,
                 tuple(t[:, v] for t in roi_l),

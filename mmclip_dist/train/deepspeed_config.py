@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmclip_dist.config import TrainConfig
+from mmclip_dist.config import TrainConfig, accumulation_steps
 
 
 def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -13,11 +13,10 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any
     Gradient accumulation is done by the feature cache, which hands DeepSpeed one backward per
     micro-batch; DeepSpeed still needs the count so it only steps (and all-reduces) at the boundary.
     """
-    accumulation = train.global_batch // (world_size * train.micro_batch)
     return {
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": train.micro_batch,
-        "gradient_accumulation_steps": accumulation,
+        "gradient_accumulation_steps": accumulation_steps(train.global_batch, world_size, train.micro_batch),
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {
             "stage": train.zero_stage,

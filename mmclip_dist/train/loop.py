@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from mmclip_dist.config import Config
+from mmclip_dist.losses.distributed import mean_across_ranks
 from mmclip_dist.tracking import RunLogger
 from mmclip_dist.train.callbacks import load_step_callback
 from mmclip_dist.train.state import TrainState, restore, save_and_report
@@ -56,7 +57,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = engine.device
     callback = load_step_callback(cfg.train.step_callback, rank, state.step)
 
-    def backward(surrogate: torch.Tensor) -> None:
+    def backward_and_step(surrogate: torch.Tensor) -> None:
         # The cache hands us gradients of the *global* loss, so DeepSpeed must not divide by GAS again;
         # step() after every micro-batch keeps DeepSpeed's accumulation boundary bookkeeping right.
         engine.backward(surrogate, scale_wrt_gas=False)
@@ -70,12 +71,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             batch = next(steps)
         fetched = time.perf_counter()
         micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
-        terms = cache.step(micro_batches, forward=engine, backward=backward)
+        terms = cache.step(micro_batches, forward=engine, backward=backward_and_step)
         done = time.perf_counter()
         state.step += 1
         state.epoch, state.batches_in_epoch = batch.epoch, batch.batches_in_epoch
         state.samples_seen += cfg.train.global_batch
-        metrics = _global_mean(terms, world, device) | {
+        metrics = mean_across_ranks(terms) | {
             "lr": engine.get_lr()[0],
             "samples_per_s": cfg.train.global_batch / (done - started),
             "data_wait_fraction": (fetched - started) / (done - started),
@@ -105,17 +106,6 @@ def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) 
                 value = value.to(dtype)
         out[key] = value
     return out
-
-
-def _global_mean(terms: dict[str, torch.Tensor], world: int, device: torch.device) -> dict[str, float]:
-    """Average every loss term over ranks: each rank holds its rows' share of the global loss."""
-    names = sorted(terms)
-    # On the training device: NCCL only reduces GPU tensors.
-    stacked = torch.stack([terms[name].detach().float().reshape(()) for name in names]).to(device)
-    if world > 1:
-        dist.all_reduce(stacked)
-        stacked /= world
-    return {name: float(value) for name, value in zip(names, stacked.cpu())}
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:

@@ -17,6 +17,8 @@ from typing import Any
 import ray.train
 import torch
 
+from mmclip_dist.rng import get_rng_state, set_rng_state
+
 DEEPSPEED_TAG = "deepspeed"
 STATE_FILE = "train_state.json"
 
@@ -32,24 +34,11 @@ class TrainState:
     samples_seen: int = 0
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def save_and_report(engine: Any, state: TrainState, metrics: dict[str, float], rank: int) -> None:
     """Every rank saves its DeepSpeed shard and reports; ``ray.train.report`` is a barrier for all ranks."""
     with tempfile.TemporaryDirectory(prefix="mmclip-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG)
-        torch.save(_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
+        torch.save(get_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
         if rank == 0:
             (Path(tmp) / STATE_FILE).write_text(json.dumps(asdict(state)))
         ray.train.report({**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -65,10 +54,5 @@ def restore(engine: Any, rank: int) -> TrainState | None:
         engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG)
         rng_file = folder / f"rng_rank{rank}.pt"
         if rng_file.exists():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+            set_rng_state(torch.load(rng_file, weights_only=False))
         return TrainState(**json.loads((folder / STATE_FILE).read_text()))
-
-
-def read_state_file(folder: Path) -> TrainState:
-    """The ``TrainState`` of a checkpoint folder, e.g. to find the MLflow run of a run being resumed."""
-    return TrainState(**json.loads((Path(folder) / STATE_FILE).read_text()))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mmclip_dist.config import Config
+from mmclip_dist.config import Config, accumulation_steps
 from mmclip_dist.data.stream.loader import make_train_loader
 
 
@@ -27,7 +27,7 @@ def step_stream(
     Every rank yields the same number of micro-batches per epoch (the loader guarantees it), so all
     ranks reach each collective together; a step may span an epoch boundary.
     """
-    accumulation = cfg.train.accumulation_steps
+    accumulation = accumulation_steps(cfg.train.global_batch, world_size, cfg.train.micro_batch)
     pending: list[dict[str, Any]] = []
     skip = batches_in_epoch
     while True:

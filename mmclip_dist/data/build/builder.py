@@ -26,7 +26,8 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
 from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
 from mmclip_dist.data.build.reports import load_rewriter
-from mmclip_dist.data.build.sample_files import PNG_COMPRESS_LEVEL, SCHEMA_VERSION, Sample, SampleSpec, breast_key, \
+from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
+from mmclip_dist.data.build.sample_files import PNG_COMPRESS_LEVEL, Sample, SampleSpec, breast_key, \
     make_sample, patient_key
 from mmclip_dist.data.synthetic import TRUTH_FILE
 from mmclip_dist.data.build.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
@@ -137,7 +138,7 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
                       rewriter=load_rewriter(cfg.report_rewriter))
     sink = ShardSink(cfg.output, cfg.s3_endpoint)
     # The manifest marks a finished build; remove it first so a half-rebuilt output never looks finished.
-    sink.delete("manifest.json")
+    sink.delete(MANIFEST)
     sink.clean_staging()
 
     pool = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-VIEWS = ("cc", "mlo")
 LabelSource = Literal["pathology", "birads_proxy"]
 
 

@@ -19,10 +19,10 @@ from PIL import Image
 from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.dicom import DecodedImage, DicomDecodeError, decode_dicom
 from mmclip_dist.data.build.preprocess import chest_wall_side, preprocess_view
-from mmclip_dist.data.build.records import VIEWS, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.build.records import BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 from mmclip_dist.data.build.reports import Finding, ReportRewriter, view_report
 
-SCHEMA_VERSION = 1
 # zlib level of the PNGs: 1 is several times faster than the default 6 for a few % larger 16-bit images,
 # and encoding sits on the critical path of every build.
 PNG_COMPRESS_LEVEL = 1
@@ -114,9 +114,9 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
                 "birads": record.birads, "label_malignant": record.label_malignant,
                 "label_source": record.label_source,
                 "findings": [{"label": f.label, "box": f.box, "birads": f.birads} for f in findings]})
-        files[f"{view}.png"] = encode_png16(out.image)
+        files[image_file(view)] = encode_png16(out.image)
         if out.mask is not None:
-            files[f"{view}_mask.png"] = encode_png8((np.asarray(out.mask) > 0).astype(np.uint8) * 255)
+            files[mask_file(view)] = encode_png8((np.asarray(out.mask) > 0).astype(np.uint8) * 255)
         views_json[view] = {
             "boxes": [[round(float(v), 3) for v in box] for box in out_boxes],
             "box_labels": list(labels),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mmclip_dist.data.build.records import Reject
+from mmclip_dist.data.shard_format import MANIFEST, REJECTS, shard_name, sidecar_name, tail_name
 from mmclip_dist.data.storage import LocalStorage, Storage, open_storage
 
 TAR_MTIME = 946684800  # 2000-01-01: fixed so that rebuilding gives the same bytes
@@ -100,14 +101,6 @@ class ShardSink:
         """Drop the local staging folder of a remote output."""
         if not isinstance(self.storage, LocalStorage):
             shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def sidecar_name(shard: str) -> str:
-    return shard[: -len(".tar")] + ".json"
 
 
 def tar_member_size(data_len: int) -> int:
@@ -210,7 +203,7 @@ class SplitWriter:
         """Close the open shard (or record trailing rejects) and drop leftovers of older builds."""
         if self._tar is not None:
             self._close_shard()
-        tail = f"{self.split}-tail.json"
+        tail = tail_name(self.split)
         if self._rejects:
             # Rejects after the last shard still need a durable home, or a resumed build would lose them.
             self.sink.write_bytes(tail, _dumps({"split": self.split, "inputs": [self._start, self.position],
@@ -272,9 +265,9 @@ def load_resume(sink: ShardSink, split: str, fingerprint: str) -> SplitResume:
         shards.append(ShardInfo.from_sidecar(data))
         position = data["inputs"][1]
     tail = None
-    tail_name = f"{split}-tail.json"
-    if sink.exists(tail_name):
-        data = json.loads(sink.read_bytes(tail_name))
+    tail_file = tail_name(split)
+    if sink.exists(tail_file):
+        data = json.loads(sink.read_bytes(tail_file))
         if data.get("fingerprint") == fingerprint and data["inputs"][0] == position:
             tail = data
     return SplitResume(shards=shards, tail=tail)
@@ -282,8 +275,8 @@ def load_resume(sink: ShardSink, split: str, fingerprint: str) -> SplitResume:
 
 def write_manifest(sink: ShardSink, manifest: dict[str, Any], rejects: list[dict[str, str]]) -> None:
     """``rejects.jsonl`` then ``manifest.json`` (the manifest last: its presence means the build finished)."""
-    sink.write_bytes("rejects.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    sink.write_bytes("manifest.json", _dumps(manifest))
+    sink.write_bytes(REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+    sink.write_bytes(MANIFEST, _dumps(manifest))
 
 
 def verify_output(sink: ShardSink) -> list[str]:
@@ -292,9 +285,9 @@ def verify_output(sink: ShardSink) -> list[str]:
     Returns a list of problems (empty = the output is intact).
     """
     problems: list[str] = []
-    if not sink.exists("manifest.json"):
+    if not sink.exists(MANIFEST):
         return ["manifest.json is missing (build not finished?)"]
-    manifest = json.loads(sink.read_bytes("manifest.json"))
+    manifest = json.loads(sink.read_bytes(MANIFEST))
     for entry in manifest.get("shards", []):
         name = entry["name"]
         if not sink.exists(name):
@@ -311,7 +304,7 @@ def verify_output(sink: ShardSink) -> list[str]:
         except tarfile.TarError as err:
             problems.append(f"{name}: not a readable tar ({err})")
             continue
-        for where, ref in (("manifest.json", entry), (sidecar_name(name), side)):
+        for where, ref in ((MANIFEST, entry), (sidecar_name(name), side)):
             if ref is None:
                 problems.append(f"{name}: sidecar {sidecar_name(name)} is missing")
                 continue

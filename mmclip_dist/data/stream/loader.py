@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -31,14 +30,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.build.shard_writer import sidecar_name
+from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_file, mask_file, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
 
 log = logging.getLogger(__name__)
-
-VIEWS = ("cc", "mlo")
-_SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
-MANIFEST = "manifest.json"
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -54,7 +49,7 @@ def list_shards(url: str, endpoint: str | None = None, split: str | None = None)
     if url.endswith(".tar"):
         return [url]
     storage = open_storage(url, endpoint)
-    splits = {n: m.group("split") for n in storage.list() if "/" not in n and (m := _SHARD_NAME.match(n))}
+    splits = {n: m.group("split") for n in storage.list() if "/" not in n and (m := SHARD_NAME.match(n))}
     selected = [n for n, s in splits.items() if split is None or s == split]
     if not selected:
         found = sorted(set(splits.values()))
@@ -162,9 +157,9 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     reports: list[str] = []
     for v, name in enumerate(VIEWS):
         view = meta.get("views", {}).get(name)
-        if view is None or f"{name}.png" not in sample:
+        if view is None or image_file(name) not in sample:
             raise ValueError(f"{where}: view {name!r} missing (need '{name}.png' and json views.{name})")
-        raw = _decode_png(sample[f"{name}.png"], f"{where} {name}.png")
+        raw = _decode_png(sample[image_file(name)], f"{where} {image_file(name)}")
         # Scale by the stored dtype's full range so 16-bit intensities keep their resolution.
         if raw.dtype == np.uint16:
             image = raw.astype(np.float32) / 65535.0
@@ -182,7 +177,7 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-area boxes carry no region
         boxes = boxes[keep]
 
-        mask_name = f"{name}_mask.png"
+        mask_name = mask_file(name)
         if mask_name in sample:
             mask = (_decode_png(sample[mask_name], f"{where} {mask_name}") > 0).astype(np.float32)
             if mask.shape != (stored_h, stored_w):

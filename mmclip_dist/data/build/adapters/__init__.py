@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.shard_format import VIEWS
 
 if TYPE_CHECKING:
     from mmclip_dist.config import ShardsConfig
@@ -136,7 +137,7 @@ class BreastAssembler:
             breast = self.breasts.get(breast_id)
             if breast is None:
                 continue
-            missing = [v for v in ("cc", "mlo") if v not in breast.views]
+            missing = [v for v in VIEWS if v not in breast.views]
             if missing and (self.missing_view == "skip" or len(missing) == 2):
                 self.rejects.append(Reject(breast.source, "missing_view",
                                            f"breast has no {'/'.join(m.upper() for m in missing)} image"))
