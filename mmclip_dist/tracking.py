@@ -39,23 +39,42 @@ def loggable_params(cfg: Config) -> dict[str, str]:
     return params
 
 
-def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> str:
-    """Create the MLflow run of a training job, log its config; return the run id.
+def start_run(
+    cfg: Config,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+    *,
+    experiment: str | None = None,
+    extra_params: dict[str, str] | None = None,
+    config_artifact: str = "config.yaml",
+) -> str:
+    """Create an MLflow run in ``experiment`` (default ``tracking.experiment``), log the config; return the run id.
 
-    Uses a client bound to the URI rather than MLflow's process-global tracking URI and experiment, so
-    starting a run never changes where other code in the same process logs.
+    The one way runs are created, for training jobs and eval results alike. ``extra_params`` are logged
+    next to the config's params. Uses a client bound to the URI rather than MLflow's process-global
+    tracking URI and experiment, so starting a run never changes where other code in the same process logs.
     """
     client = MlflowClient(resolve_tracking_uri(cfg.tracking))
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    name = experiment or cfg.tracking.experiment
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags or {})
     run_id = run.info.run_id
-    items = list(loggable_params(cfg).items())
+    params = {**loggable_params(cfg), **{k: str(v)[:_MLFLOW_PARAM_MAX] for k, v in (extra_params or {}).items()}}
+    items = list(params.items())
     for start in range(0, len(items), 100):  # MLflow caps params per batch call
         chunk = items[start : start + 100]
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
-    client.log_text(run_id, dump_config(cfg), "config.yaml")
+    client.log_text(run_id, dump_config(cfg), config_artifact)
     return run_id
+
+
+def require_run(tracking_uri: str, run_id: str) -> None:
+    """Raise ``ValueError`` naming the store when ``run_id`` is not a run there."""
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+    except Exception as err:  # noqa: BLE001 - MLflow raises several types; the message is what matters
+        raise ValueError(f"no such MLflow run {run_id!r} at {tracking_uri} ({err})") from err
 
 
 class RunLogger:

@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmclip_dist.eval.runner import evaluate, log_result, print_result
+    from mmclip_dist.eval.result_mlflow import log_result
+    from mmclip_dist.eval.result_table import print_result
+    from mmclip_dist.eval.runner import evaluate
 
     cfg = config_from_args(args)
     if args.task:

@@ -1,4 +1,4 @@
-"""Evaluation figures (matplotlib, headless Agg backend) and logging them to MLflow.
+"""Evaluation figures (matplotlib, headless Agg backend), and the figure set of an eval result.
 
 Each ``*_figure`` function builds a figure; the matching ``*_png`` function renders it to PNG and
 returns the bytes, or writes ``path`` and returns it. Figures have a fixed size and dpi (no tight
@@ -8,9 +8,9 @@ bounding box) so a PNG is always ``figsize * dpi`` pixels and a data point maps 
 from __future__ import annotations
 
 import io
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -20,6 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
+
+if TYPE_CHECKING:
+    from mmclip_dist.eval.result import EvalResult
 
 DPI = 100
 
@@ -148,36 +151,28 @@ def loss_curves_png(
     return render_png(loss_curves_figure(runs, metrics), path)
 
 
-def log_figures_to_mlflow(
-    figures: Mapping[str, bytes | Path | str], run_id: str | None = None, artifact_dir: str = "figures",
-    tracking_uri: str | None = None,
-) -> list[str]:  # fmt: skip
-    """Log ``{file name: PNG bytes or path}`` as artifacts under ``artifact_dir``; returns their paths.
+def make_figures(result: EvalResult, model: Any, batch: dict[str, Any]) -> dict[str, bytes]:
+    """ROC curves (binary tasks), a confusion matrix per method, and the similarity matrices of ``batch``."""
+    from mmclip_dist.eval.scoring import breast_predictions
+    from mmclip_dist.eval.similarity import similarity_matrices
 
-    ``run_id=None`` logs to the active run (``mlflow.start_run``); without one it is an error.
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    if run_id is None:
-        active = mlflow.active_run()
-        if active is None:
-            raise RuntimeError("log_figures_to_mlflow: no run_id given and no active MLflow run")
-        run_id = active.info.run_id
-    client = MlflowClient(tracking_uri)
-    logged = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, fig in figures.items():
-            if isinstance(fig, bytes):
-                file = Path(tmp) / name
-                file.write_bytes(fig)
-            else:
-                file = Path(fig)
-                if not file.is_file():
-                    raise FileNotFoundError(f"figure {name!r}: {file} does not exist")
-                if file.name != name:  # the artifact takes the file's name; copy under the requested one
-                    (Path(tmp) / name).write_bytes(file.read_bytes())
-                    file = Path(tmp) / name
-            client.log_artifact(run_id, str(file), artifact_dir)
-            logged.append(f"{artifact_dir}/{name}")
-    return logged
+    task = result.task
+    figs: dict[str, bytes] = {}
+    if task.binary:
+        figs["roc_breast.png"] = roc_curve_png(
+            {m: (p.labels, p.breast_probs[:, 1]) for m, p in result.methods.items()},
+            title=f"{task.name}: per breast ({result.mode})",
+        )
+        figs["roc_image.png"] = roc_curve_png(
+            {m: (np.repeat(p.labels, 2), p.probs[..., 1].reshape(-1)) for m, p in result.methods.items()},
+            title=f"{task.name}: per image ({result.mode})",
+        )
+    for method, pred in result.methods.items():
+        figs[f"confusion_{method}.png"] = confusion_matrix_png(
+            pred.labels, breast_predictions(pred), task.classes, title=f"{task.name} per breast: {method}"
+        )
+    for name, matrix in similarity_matrices(model, batch).items():
+        kind, view = name.split("_")
+        title = f"{'global' if kind == 'global' else 'RoI'} image-text similarity ({view.upper()})"
+        figs[f"similarity_{name}.png"] = similarity_matrix_png(matrix, title)
+    return figs

@@ -1,41 +1,29 @@
-"""What ``mmclip-dist eval`` does: load a model, score a task on the shards, print, log to MLflow.
+"""What ``mmclip-dist eval`` does: load a model and score a task on the shards (the orchestration).
 
 ``evaluate(cfg, model_ref, shards)`` runs one protocol (``eval.mode``: zeroshot | linear | finetune)
 for one task (``eval.task``) on the pretrained model and, for linear / fine-tune, on the baselines
 (``eval.baselines``: random init, ImageNet init) through the same code. Test metrics come from the
 shards' ``data.eval_split``; probes and fine-tunes train on ``data.train_split`` (validation patients
-carved from it). ``log_result`` writes metrics, params, the label source and figures (ROC, confusion
-matrices, global + RoI similarity matrices of the first test batch) to a new run of the eval
-experiment, or to an existing run (``log_to``).
-
-MLflow metric keys: ``<mode>/<task>/<method>/<metric>``, e.g. ``linear/malignancy/mmclip/breast_roc_auc``;
-methods are ``mmclip``, ``random_init`` and ``imagenet_init``.
+carved from it). The result (``eval/result.py``) is printed by ``eval/result_table.py``, its figures
+drawn by ``eval/plots.make_figures`` and logged to MLflow by ``eval/result_mlflow.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from rich.console import Console
-from rich.table import Table
-
-from mmclip_dist.config import Config, DataConfig, dump_config
-from mmclip_dist.eval.scoring import Predictions, breast_predictions, make_predictions, score, summary_names
-from mmclip_dist.eval.tasks import Task, describe_source, get_task
+from mmclip_dist.config import Config, DataConfig
+from mmclip_dist.eval.result import BASELINE_METHODS, MODEL_METHOD, EvalResult
+from mmclip_dist.eval.scoring import Predictions, make_predictions, score
+from mmclip_dist.eval.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
-MODEL_METHOD = "mmclip"
-BASELINE_METHODS = {"random": "random_init", "imagenet": "imagenet_init"}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -88,36 +76,6 @@ def eval_data_config(data: DataConfig, model: Any) -> DataConfig:
                 )
             setattr(out, name, getattr(trained, name))
     return out
-
-
-# ---------------------------------------------------------------------------------------------- result
-
-
-@dataclass
-class EvalResult:
-    """Everything one ``evaluate`` call produced."""
-
-    task: Task
-    mode: str
-    label_source: str
-    methods: dict[str, Predictions]
-    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it was not run
-    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> chosen hyper-parameters
-    figures: dict[str, bytes] = field(default_factory=dict)
-    seconds: float = 0.0
-    run_id: str | None = None
-
-    def metric_key(self, method: str, name: str) -> str:
-        return f"{self.mode}/{self.task.name}/{method}/{name}"
-
-    def mlflow_metrics(self) -> dict[str, float]:
-        """Every finite metric of every method under its MLflow key."""
-        return {
-            self.metric_key(method, name): float(value)
-            for method, pred in self.methods.items()
-            for name, value in pred.metrics.items()
-            if value is not None and math.isfinite(value)
-        }
 
 
 # ---------------------------------------------------------------------------------------------- protocols
@@ -254,138 +212,8 @@ def evaluate(
         label_source = task.label_source(metas)
     result = EvalResult(task, mode, label_source, methods, skipped, details)
     if figures:
+        from mmclip_dist.eval.plots import make_figures
+
         result.figures = make_figures(result, model, next(iter(test)))
     result.seconds = time.perf_counter() - started
     return result
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def make_figures(result: EvalResult, model: Any, batch: dict[str, Any]) -> dict[str, bytes]:
-    """ROC curves (binary tasks), a confusion matrix per method, and the similarity matrices of ``batch``."""
-    from mmclip_dist.eval.plots import confusion_matrix_png, roc_curve_png, similarity_matrix_png
-    from mmclip_dist.eval.similarity import similarity_matrices
-
-    task = result.task
-    figs: dict[str, bytes] = {}
-    if task.binary:
-        figs["roc_breast.png"] = roc_curve_png(
-            {m: (p.labels, p.breast_probs[:, 1]) for m, p in result.methods.items()},
-            title=f"{task.name}: per breast ({result.mode})",
-        )
-        figs["roc_image.png"] = roc_curve_png(
-            {m: (np.repeat(p.labels, 2), p.probs[..., 1].reshape(-1)) for m, p in result.methods.items()},
-            title=f"{task.name}: per image ({result.mode})",
-        )
-    for method, pred in result.methods.items():
-        figs[f"confusion_{method}.png"] = confusion_matrix_png(
-            pred.labels, breast_predictions(pred), task.classes, title=f"{task.name} per breast: {method}"
-        )
-    for name, matrix in similarity_matrices(model, batch).items():
-        kind, view = name.split("_")
-        title = f"{'global' if kind == 'global' else 'RoI'} image-text similarity ({view.upper()})"
-        figs[f"similarity_{name}.png"] = similarity_matrix_png(matrix, title)
-    return figs
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-
-def _cell(metrics: dict[str, float], name: str) -> str:
-    value = metrics.get(name)
-    if value is None or not math.isfinite(value):
-        return "—"
-    text = f"{value:.3f}"
-    if f"{name}_ci_low" in metrics:
-        text += f" [{metrics[f'{name}_ci_low']:.3f}, {metrics[f'{name}_ci_high']:.3f}]"
-    return text
-
-
-def result_header(result: EvalResult) -> str:
-    """Task, protocol, test-set size per class and the label source, as printed above the table."""
-    task = result.task
-    first = next(iter(result.methods.values()))
-    counts = np.bincount(first.labels, minlength=len(task.classes))
-    return (
-        f"{task.name} ({task.description}), {result.mode}: {len(first.labels)} test breasts "
-        f"({', '.join(f'{c} {n}' for c, n in zip(task.classes, counts))})\n"
-        f"label source: {describe_source(result.label_source)}"
-    )
-
-
-def result_table(result: EvalResult) -> Table:
-    """Headline metrics (rows) x methods (columns), 95% CIs in brackets."""
-    table = Table()
-    table.add_column("metric", no_wrap=True)
-    for method in result.methods:
-        table.add_column(method, no_wrap=True)
-    for name in summary_names(result.task):
-        table.add_row(name, *[_cell(p.metrics, name) for p in result.methods.values()])
-    return table
-
-
-def print_result(result: EvalResult, console: Console | None = None) -> None:
-    console = console or Console(width=200)
-    console.print(result_header(result), highlight=False)
-    console.print(result_table(result))
-    for method, reason in result.skipped.items():
-        console.print(f"[yellow]{method}: {reason}[/yellow]")
-    for method, details in result.details.items():
-        chosen = {k: v for k, v in details.items() if k in ("C", "best_epoch", "prompts_per_class")}
-        if chosen:
-            console.print(f"{method}: {chosen}", highlight=False)
-
-
-def log_result(result: EvalResult, cfg: Config, model_ref: str, shards: str | None, log_to: str | None = None) -> str:
-    """Log metrics, label source, details and figures to MLflow; returns the run id.
-
-    ``log_to``: an existing run (e.g. the training run of the model); otherwise a new run in
-    ``eval.experiment`` (default ``<tracking.experiment>-eval``) carrying the config as params.
-    """
-    import mlflow
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    from mmclip_dist.eval.plots import log_figures_to_mlflow
-    from mmclip_dist.tracking import loggable_params, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(cfg.tracking)
-    client = MlflowClient(uri)
-    prefix = f"{result.mode}/{result.task.name}"
-    if log_to:
-        try:
-            client.get_run(log_to)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"--log-to {log_to!r}: no such MLflow run at {uri} ({err})") from err
-        run_id, created = log_to, False
-    else:
-        name = cfg.eval.experiment or f"{cfg.tracking.experiment}-eval"
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        run = client.create_run(experiment_id, run_name=f"eval-{result.task.name}-{result.mode}")
-        run_id, created = run.info.run_id, True
-        params = {**loggable_params(cfg), "eval.model": model_ref, "eval.shards": shards or cfg.data.eval_shards}
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), 100):  # MLflow caps params per batch call
-            client.log_batch(run_id, params=items[start : start + 100])
-        client.log_text(run_id, dump_config(cfg), "eval_config.yaml")
-    client.set_tag(run_id, f"{prefix}/label_source", result.label_source)
-    client.set_tag(run_id, f"{prefix}/model", model_ref)
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in result.mlflow_metrics().items()]
-    for start in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[start : start + 500])
-    summary = {
-        "task": result.task.name, "mode": result.mode, "label_source": result.label_source,
-        "label_source_text": describe_source(result.label_source), "skipped": result.skipped,
-        "details": result.details, "metrics": {m: p.metrics for m, p in result.methods.items()},
-    }  # fmt: skip
-    client.log_text(run_id, json.dumps(summary, indent=1, default=float), f"eval/{prefix}/result.json")
-    if result.figures:
-        log_figures_to_mlflow(result.figures, run_id, artifact_dir=f"eval/{prefix}", tracking_uri=uri)
-    if created:
-        client.set_terminated(run_id)
-    mlflow.set_tracking_uri(uri)  # later mlflow.* calls in this process talk to the same store
-    result.run_id = run_id
-    return run_id

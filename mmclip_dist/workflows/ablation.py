@@ -112,7 +112,9 @@ def _default_train(cfg: Config) -> tuple[str, str]:
 
 
 def _default_eval(cfg: Config, model_ref: str, run_id: str, log_fn: Callable[[str], None]) -> Any:
-    from mmclip_dist.eval.runner import evaluate, log_result, print_result
+    from mmclip_dist.eval.result_mlflow import log_result
+    from mmclip_dist.eval.result_table import print_result
+    from mmclip_dist.eval.runner import evaluate
 
     result = evaluate(cfg, model_ref, cfg.data.eval_shards, log_fn=log_fn)
     print_result(result)

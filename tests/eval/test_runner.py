@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mmclip_dist.eval.runner import evaluate, log_result, resolve_model, result_header
+from mmclip_dist.eval.result_mlflow import log_result
+from mmclip_dist.eval.result_table import result_header
+from mmclip_dist.eval.runner import evaluate, resolve_model
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
