@@ -1,42 +1,30 @@
 """``mmclip-dist submit``: run ``mmclip-dist train`` as a Ray job on a remote cluster and follow it.
 
-The job is sent to the cluster's dashboard (Ray Jobs API) with the local repository as its
-``working_dir``, so the code and ``launch/configs`` the driver sees are exactly the local ones.
-The config and overrides are validated here first: a typo fails in a second, not after the
-cluster has pulled images and started workers.
-
-Secrets: S3 credentials normally come from the cluster's own Secret (the pods' environment), so
-nothing secret is sent. ``--env NAME`` forwards a local variable by name; values are never
-printed, only names. Ray token authentication (``RAY_AUTH_MODE=token``, Ray >= 2.52): the token is
-taken from ``--auth-token``, else ``RAY_AUTH_TOKEN``, else the file named by ``RAY_AUTH_TOKEN_PATH``,
-else Ray's default ``~/.ray/auth_token`` when ``RAY_AUTH_MODE=token``, and sent as a bearer
-token; with ``RAY_AUTH_MODE=disabled`` no token is sent.
+Argument parsing and printing only; the Ray Jobs logic (entrypoint, runtime_env, auth token,
+submission, following) is ``mmclip_dist.train.job_submission``. The config and overrides are validated
+here first: a typo fails in a second, not after the cluster has pulled images and started workers.
+``--env NAME`` forwards a local variable by name; values are never printed, only names.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import shlex
 import sys
-import time
-from collections.abc import Mapping
-from pathlib import Path
 
 from mmclip_dist.cli.common import add_config_args
 from mmclip_dist.config import load_config
-
-# Directories never uploaded with the working_dir: environments, run outputs, data. Ray also
-# honours .gitignore, but these are large enough to hit the 500 MiB upload limit if ignored.
-WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "mlruns", "shards", "**/__pycache__", "*.egg-info"]
-
-# Name fragments of variables whose values must never reach the terminal or the logs.
-_SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL")
-
-
-class SubmitError(RuntimeError):
-    """A submission that cannot go ahead (bad arguments, missing token, unreadable file)."""
+from mmclip_dist.train.job_submission import (
+    build_entrypoint,
+    build_runtime_env,
+    config_path_for_job,
+    follow_job,
+    is_secret_name,
+    job_client,
+    parse_env,
+    resolve_auth_token,
+    submit_job,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,115 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def resolve_auth_token(explicit: str | None, env: Mapping[str, str], home: Path | None = None) -> str | None:
-    """The Ray auth token to send, following Ray's own precedence; None when auth is off or unset."""
-    mode = env.get("RAY_AUTH_MODE", "").strip().lower()
-    if mode == "disabled":
-        return None
-    if mode not in ("", "token"):
-        raise SubmitError(f"RAY_AUTH_MODE={mode!r} is not supported here: use 'token' or 'disabled'")
-    if explicit:
-        return explicit.strip()
-    if env.get("RAY_AUTH_TOKEN", "").strip():
-        return env["RAY_AUTH_TOKEN"].strip()
-    if env.get("RAY_AUTH_TOKEN_PATH"):
-        path = Path(env["RAY_AUTH_TOKEN_PATH"])
-        # Like Ray: a token file that is named but unusable is a misconfiguration, not "no auth".
-        try:
-            token = path.read_text().strip()
-        except OSError as err:
-            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token file ({err})") from err
-        if not token:
-            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
-        return token
-    if mode == "token":
-        default = (home if home is not None else Path.home()) / ".ray" / "auth_token"
-        if default.is_file() and default.read_text().strip():
-            return default.read_text().strip()
-        raise SubmitError(
-            "RAY_AUTH_MODE=token but no token found: pass --auth-token, set RAY_AUTH_TOKEN or "
-            f"RAY_AUTH_TOKEN_PATH, or write it to {default}"
-        )
-    return None
-
-
-def parse_env(items: list[str], local_env: Mapping[str, str]) -> dict[str, str]:
-    """``["A=1", "B"]`` -> ``{"A": "1", "B": <local value of B>}``; a forwarded name must be set locally."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise SubmitError(f"--env {item!r}: {name!r} is not a valid environment variable name")
-        if not sep:
-            if name not in local_env:
-                raise SubmitError(f"--env {name}: nothing to forward, {name} is not set in this shell")
-            value = local_env[name]
-        out[name] = value
-    return out
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a variable's value must be kept off the terminal."""
-    upper = name.upper()
-    return any(marker in upper for marker in _SECRET_MARKERS)
-
-
-def config_path_for_job(config: str, working_dir: str) -> str:
-    """The config path as the job's driver sees it: relative to the uploaded working_dir."""
-    if not working_dir:
-        return config  # code comes from the image; the path names a file there
-    root = Path(working_dir).resolve()
-    path = Path(config).resolve()
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        raise SubmitError(
-            f"--config {config} is outside --working-dir {working_dir}: the job could not read it"
-        ) from None
-
-
-def build_entrypoint(config: str | None, overrides: list[str], resume: bool) -> str:
-    """The shell command the Ray job runs; overrides pass through verbatim, quoted."""
-    argv = ["mmclip-dist", "train"]
-    if config:
-        argv += ["--config", config]
-    argv += list(overrides)
-    if resume:
-        argv.append("--resume")
-    return shlex.join(argv)
-
-
-def build_runtime_env(working_dir: str, env_vars: dict[str, str]) -> dict[str, object]:
-    """runtime_env of the job: the uploaded code (unless baked into the image) and its variables."""
-    runtime_env: dict[str, object] = {"env_vars": dict(env_vars)}
-    if working_dir:
-        runtime_env["working_dir"] = str(Path(working_dir).resolve())
-        runtime_env["excludes"] = list(WORKING_DIR_EXCLUDES)
-    return runtime_env
-
-
-def _follow(client: object, job_id: str) -> str:
-    """Stream the job's logs to stdout until it ends; return its final status."""
-    from ray.job_submission import JobStatus
-
-    async def tail() -> None:
-        async for chunk in client.tail_job_logs(job_id):  # type: ignore[attr-defined]
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-
-    try:
-        asyncio.run(tail())
-    except RuntimeError as err:
-        # The log socket can close before the status is final (dashboard restart); the status
-        # poll below still gives the right answer.
-        print(f"[submit] log stream ended early: {err}", file=sys.stderr)
-    while True:
-        status = client.get_job_status(job_id)  # type: ignore[attr-defined]
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return str(status)
-        time.sleep(1.0)
-
-
 def run(args: argparse.Namespace) -> int:
     # Validate before contacting the cluster; ConfigError names the file and the bad key.
     load_config(args.config, args.overrides)
@@ -193,15 +72,8 @@ def run(args: argparse.Namespace) -> int:
         )
     token = resolve_auth_token(args.auth_token, os.environ)
 
-    from ray.job_submission import JobSubmissionClient
-
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    client = JobSubmissionClient(args.address, headers=headers)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env=build_runtime_env(args.working_dir, env_vars),
-        submission_id=args.submission_id,
-    )
+    client = job_client(args.address, token)
+    job_id = submit_job(client, entrypoint, build_runtime_env(args.working_dir, env_vars), args.submission_id)
     # Names only: values may be credentials, and job logs are often pasted into issues.
     print(f"[submit] job {job_id} on {args.address}\n[submit] entrypoint: {entrypoint}")
     print(f"[submit] env: {', '.join(sorted(env_vars)) or 'none'}")
@@ -209,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"[submit] not following; logs: ray job logs --address {args.address} --follow {job_id}")
         return 0
     try:
-        status = _follow(client, job_id)
+        status = follow_job(client, job_id, write=_write_stdout, warn=lambda m: print(f"[submit] {m}", file=sys.stderr))
     except KeyboardInterrupt:
         print(f"\n[submit] stopped following; job {job_id} keeps running (ray job stop {job_id})", file=sys.stderr)
         return 130
     print(f"[submit] job {job_id} finished: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _write_stdout(chunk: str) -> None:
+    sys.stdout.write(chunk)
+    sys.stdout.flush()
