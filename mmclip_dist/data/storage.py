@@ -113,7 +113,7 @@ class LocalStorage(Storage):
     def _path(self, name: str) -> Path:
         return self.root / _check_name(name)
 
-    def _atomic_write(self, name: str, write: Callable[[BinaryIO], None]) -> None:
+    def _atomic_write(self, name: str, write: Callable[[BinaryIO], object]) -> None:
         target = self._path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Same folder as the target so the rename is atomic; a crash leaves only an ignorable temp file.
@@ -234,7 +234,7 @@ class _S3ReadStream(io.RawIOBase):
         self._storage = storage
         self._key = key
         self._pos = 0
-        self._body = None
+        self._body: BinaryIO | None = None  # boto3 StreamingBody: read() and close()
         self._etag: str | None = None
         self._size: int | None = None
         self._open()
@@ -268,6 +268,8 @@ class _S3ReadStream(io.RawIOBase):
         start = time.monotonic()
         attempt = 0
         while True:
+            if self._body is None:
+                raise ValueError(f"read of s3://{self._storage.bucket}/{self._key} after close()")
             try:
                 data = self._body.read(len(buffer))
                 if not data and self._size is not None and self._pos < self._size:
@@ -388,7 +390,7 @@ class S3Storage(Storage):
             return stream.read()
 
     def open_read(self, name: str) -> BinaryIO:
-        return io.BufferedReader(_S3ReadStream(self, self._key(name)), buffer_size=_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_S3ReadStream(self, self._key(name)), buffer_size=_CHUNK)
 
     def exists(self, name: str) -> bool:
         key = self._key(name)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from mmclip_dist.config import SyntheticConfig
 
@@ -51,7 +51,7 @@ METADATA_COLUMNS = [
     "Manufacturer", "Manufacturer's Model Name",
 ]  # fmt: skip
 TRUTH_FILE = "synthetic_truth.json"
-MAMMO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+MAMMO_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1.2")  # Digital Mammography X-Ray Image Storage - For Presentation
 DENSITIES = ("A", "B", "C", "D")
 DENSITY_P = (0.1, 0.4, 0.4, 0.1)  # roughly the screening population (and VinDr's) mix
 # (manufacturer, model, share, bits stored): VinDr's scanner mix, DATASETS.md.

@@ -134,7 +134,7 @@ def _results(records: list[BreastRecord], spec: SampleSpec, pool: Any) -> Iterat
 def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
     """Build (or resume building) the shards described by ``cfg`` and return what was written."""
     splits, adapter_rejects, label_source, salt, fingerprint = prepare(cfg)
-    spec = SampleSpec(image_size=tuple(cfg.image_size), flip_to=cfg.flip_to, salt=salt,
+    spec = SampleSpec(image_size=cfg.image_size, flip_to=cfg.flip_to, salt=salt,
                       rewriter=load_rewriter(cfg.report_rewriter))
     sink = ShardSink(cfg.output, cfg.s3_endpoint)
     # The manifest marks a finished build; remove it first so a half-rebuilt output never looks finished.
@@ -181,7 +181,7 @@ def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]
               rejects: list[dict[str, str]], label_source: str, fingerprint: str) -> dict[str, Any]:
     config = cfg.model_dump(mode="json")
     config["salt"] = "<set>" if config["salt"] else ""  # the salt is a secret: never written out
-    split_info = {}
+    split_info: dict[str, dict[str, Any]] = {}
     for split in splits:
         mine = [s for s in shards if s.split == split]
         labels: Counter[str] = Counter()

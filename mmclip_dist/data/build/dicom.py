@@ -173,13 +173,14 @@ def _read_dataset(source: str | Path | bytes, name: str) -> pydicom.Dataset:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                ds = pydicom.dcmread(io.BytesIO(data))
+                ds: pydicom.Dataset = pydicom.dcmread(io.BytesIO(data))
         except InvalidDicomError as err:
             # Old files may be a bare data set without the 128-byte preamble and "DICM"; accept one only
             # if it parses into something with image attributes, otherwise it is simply not DICOM.
-            ds = _read_bare_dataset(data)
-            if ds is None:
+            bare = _read_bare_dataset(data)
+            if bare is None:
                 raise DicomDecodeError(name, "not_dicom", str(err)) from err
+            ds = bare
     except (EOFError, struct.error) as err:
         raise DicomDecodeError(name, "truncated", f"file ends inside an element ({err})") from err
     except zlib.error as err:
@@ -282,7 +283,9 @@ def _decode_j2k_reduced(
         return None
     try:
         image = Image.open(io.BytesIO(frame))
-        image.reduce = reduce
+        # Pillow's JPEG 2000 plugin reads a `reduce` attribute before load() (its documented API); the
+        # stubs only know Image.reduce() the method.
+        image.reduce = reduce  # type: ignore[method-assign,assignment]
         image.load()
         arr = np.array(image)
     except Exception as err:

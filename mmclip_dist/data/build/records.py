@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 LabelSource = Literal["pathology", "birads_proxy"]
+Laterality = Literal["L", "R"]
 
 
 @dataclass
@@ -37,7 +38,7 @@ class BreastRecord:
     dataset: str
     breast_id: str  # raw, dataset-specific id (hashed before it is written anywhere)
     patient_id: str  # raw
-    laterality: Literal["L", "R"]
+    laterality: Laterality
     split: str
     label_malignant: int  # 1 malignant, 0 benign/normal, -1 unknown
     label_source: LabelSource

@@ -186,10 +186,9 @@ class SplitWriter:
             self._samples >= self.max_samples or self._bytes + size > self.max_bytes
         ):
             self._close_shard()
-        if self._tar is None:
-            self._open_shard()
+        tar = self._tar if self._tar is not None else self._open_shard()
         for ext, data in files.items():
-            self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
+            tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
         self._samples += 1
         self._bytes += size
         self._labels[str(label)] += 1
@@ -220,12 +219,13 @@ class SplitWriter:
         """Rejects after the split's last shard (they live in ``{split}-tail.json``)."""
         return list(self._rejects)
 
-    def _open_shard(self) -> None:
+    def _open_shard(self) -> tarfile.TarFile:
         name = shard_name(self.split, len(self.shards))
         self._tmp_path = self.sink.staging_path(name)
         self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.GNU_FORMAT)
         self._samples = 0
         self._bytes = 0
+        return self._tar
 
     def _close_shard(self) -> None:
         assert self._tar is not None and self._tmp_path is not None

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Laterality, Reject, ViewRecord
 from mmclip_dist.data.shard_format import VIEWS
 
 if TYPE_CHECKING:
@@ -53,9 +53,12 @@ def read_csv(path: Path, required: tuple[str, ...] | list[str]) -> Iterator[tupl
             yield f"{path.name}:{reader.line_num}", {k: (v or "").strip() for k, v in row.items() if k}
 
 
-def parse_laterality(value: str) -> str | None:
+_LATERALITY: dict[str, Laterality] = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
+
+
+def parse_laterality(value: str) -> Laterality | None:
     """'L'/'R' from L, R, LEFT, RIGHT (any case); None when unknown."""
-    return {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}.get(value.strip().upper())
+    return _LATERALITY.get(value.strip().upper())
 
 
 def parse_view(value: str) -> str | None:
@@ -66,7 +69,7 @@ def parse_view(value: str) -> str | None:
 def parse_laterality_view(
     row: dict[str, str], source: str, laterality_column: str, view_column: str, rejects: list[Reject],
     *, other_view: str = "bad_view",
-) -> tuple[str, str] | None:
+) -> tuple[Laterality, str] | None:
     """``(laterality, view)`` of an image row; None after appending the row's reject to ``rejects``:
     ``bad_laterality`` first, then ``other_view`` (``bad_view`` by default; RSNA passes ``other_view``:
     its AT/LM/ML projections are unused images, not lost data)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmclip_dist.data.build.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
-from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
+from mmclip_dist.data.build.records import AdapterResult, BreastRecord, LabelSource, Laterality, Reject, ViewRecord
 
 if TYPE_CHECKING:
     from mmclip_dist.config import ShardsConfig
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 REQUIRED = ("patient_id", "image_path", "laterality", "view", "label")
 LABELS = {"1": 1, "0": 0, "-1": -1, "malignant": 1, "benign": 0, "unknown": -1}
 SPLITS = {"train": "train", "training": "train", "test": "test", "": ""}
+_LABEL_SOURCES: dict[str, LabelSource] = {"pathology": "pathology", "birads_proxy": "birads_proxy"}
 
 
 def read(cfg: "ShardsConfig") -> AdapterResult:
@@ -66,18 +67,18 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     rejects += assembler.rejects
     records = check_files(records, rejects)
     sources = {r.label_source for r in records}
-    label_source = "birads_proxy" if sources == {"birads_proxy"} else "pathology"
+    label_source: LabelSource = "birads_proxy" if sources == {"birads_proxy"} else "pathology"
     return AdapterResult(records=records, rejects=rejects, label_source=label_source,
                          inputs=len(records) + len(rejects))
 
 
-def _record(row: dict[str, str], source: str, breast_id: str, laterality: str) -> BreastRecord:
+def _record(row: dict[str, str], source: str, breast_id: str, laterality: Laterality) -> BreastRecord:
     label = LABELS.get(row["label"].strip().lower())
     if label is None:
         raise ValueError(f"bad_label: label {row['label']!r} is not 1/0/-1 or malignant/benign/unknown")
-    label_source = row.get("label_source") or "pathology"
-    if label_source not in ("pathology", "birads_proxy"):
-        raise ValueError(f"bad_label: label_source {label_source!r} is not pathology or birads_proxy")
+    label_source = _LABEL_SOURCES.get(row.get("label_source") or "pathology")
+    if label_source is None:
+        raise ValueError(f"bad_label: label_source {row['label_source']!r} is not pathology or birads_proxy")
     split = SPLITS.get(row.get("split", "").lower())
     if split is None:
         raise ValueError(f"bad_split: split {row['split']!r} is not train or test")

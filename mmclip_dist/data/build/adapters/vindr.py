@@ -31,7 +31,7 @@ SPLITS = {"training": "train", "test": "test"}
 NO_FINDING = "No Finding"
 
 
-def parse_birads(value: str) -> int | None:
+def parse_birads(value: str) -> int:
     """'BI-RADS 4' → 4 (also '4', '4A'); raises ValueError for anything else."""
     match = re.fullmatch(r"(?:BI-?RADS\s*)?([0-6])[ABC]?", value.strip(), flags=re.IGNORECASE)
     if not match:
