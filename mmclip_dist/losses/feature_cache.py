@@ -81,7 +81,11 @@ class FeatureCache:
         with torch.no_grad():
             for name, buf in self.model.named_buffers():
                 buf.copy_(buffers[name])
-        sizes = [c.image_embed.shape[0] for c in cached]
+        sizes = []
+        for c in cached:
+            if c.image_embed is None:
+                raise ValueError("the model returned no image_embed; the feature cache needs model(batch) outputs")
+            sizes.append(c.image_embed.shape[0])
 
         # (2) loss over the whole accumulated batch; gradient w.r.t. the cached features only.
         full = MMCLIPOutput.cat(cached)

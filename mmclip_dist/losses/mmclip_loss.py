@@ -10,6 +10,8 @@ gradient). The logit scales and the RoI matcher are used through ``model.logit_s
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,16 +24,27 @@ from mmclip_dist.losses.cross_view import cross_view_terms
 from mmclip_dist.losses.distributed import gather, world_info
 from mmclip_dist.losses.roi import roi_clip_rows
 from mmclip_dist.model.matching import GLOBAL_CC, ROI_CC, SCALE_NAMES
-from mmclip_dist.model.mmclip import MMCLIPOutput
+from mmclip_dist.model.mmclip import MMCLIP, MMCLIPOutput
+
+# RoI features, their validity, token features, token mask.
+_RoIQuad = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def unwrap(model: Any) -> nn.Module:
+def unwrap(model: Any) -> MMCLIP:
     """The MMCLIP module inside DeepSpeed / DDP wrappers (they expose it as ``.module``)."""
     while not hasattr(model, "roi_matcher") and hasattr(model, "module"):
         model = model.module
     if not hasattr(model, "roi_matcher") or not hasattr(model, "logit_scales"):
         raise TypeError(f"{type(model).__name__} has no roi_matcher/logit_scales; pass the MMCLIP model")
     return model
+
+
+_REQUIRED = ("image_embed", "text_embed", "roi_feats", "roi_valid", "text_tokens", "text_mask")
+
+
+def _each(fn: Callable[[torch.Tensor], torch.Tensor], quad: _RoIQuad) -> _RoIQuad:
+    a, b, c, d = quad
+    return fn(a), fn(b), fn(c), fn(d)
 
 
 class MMCLIPLoss(nn.Module):
@@ -44,9 +57,12 @@ class MMCLIPLoss(nn.Module):
     def forward(self, out: MMCLIPOutput, model: Any) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         net = unwrap(model)
-        for name in ("image_embed", "text_embed", "roi_feats", "roi_valid", "text_tokens", "text_mask"):
-            if getattr(out, name) is None:
-                raise ValueError(f"MMCLIPLoss needs out.{name}; use model(batch), not encode_image/encode_text")
+        if (
+            out.image_embed is None or out.text_embed is None or out.roi_feats is None or out.roi_valid is None
+            or out.text_tokens is None or out.text_mask is None
+        ):  # fmt: skip
+            missing = [name for name in _REQUIRED if getattr(out, name) is None]
+            raise ValueError(f"MMCLIPLoss needs out.{missing[0]}; use model(batch), not encode_image/encode_text")
         rank, world = world_info()
         scales = upcast(net.logit_scales(cfg.max_logit_scale))  # one forward call: alpha_0..alpha_3
         n = out.image_embed.shape[0]
@@ -66,7 +82,7 @@ class MMCLIPLoss(nn.Module):
             loss_global = loss_global + rows.sum() * norm / len(VIEWS)  # Eq. 7
 
         roi_l = (out.roi_feats, out.roi_valid, out.text_tokens, out.text_mask)
-        roi_a = tuple(gather(t) for t in roi_l)
+        roi_a = _each(gather, roi_l)
 
         def score(roi: torch.Tensor, valid: torch.Tensor, tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return net.roi_matcher(
@@ -77,8 +93,8 @@ class MMCLIPLoss(nn.Module):
         for v in range(len(VIEWS)):
             row_sum, n_valid = roi_clip_rows(
                 score,
-                tuple(t[:, v] for t in roi_l),
-                tuple(t[:, v] for t in roi_a),
+                _each(operator.itemgetter((slice(None), v)), roi_l),
+                _each(operator.itemgetter((slice(None), v)), roi_a),
                 scales[ROI_CC + v],
                 targets,
                 single_process=world == 1,

@@ -37,9 +37,10 @@ class RegionFocus(nn.Module):
             std_t = torch.tensor([float(s) for s in std])
             mean_t = torch.tensor([float(m) for m in mean])
             self.image_conv.weight.copy_((1.0 / std_t).view(out_channels, 1, 1, 1))
-            self.image_conv.bias.copy_(-mean_t / std_t)
             self.mask_conv.weight.zero_()
-            self.mask_conv.bias.zero_()
+        # Parameters rather than copy_ into .bias, which torch types as Optional.
+        self.image_conv.bias = nn.Parameter(-mean_t / std_t)
+        self.mask_conv.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if image.shape != mask.shape or image.dim() != 4 or image.shape[1] != 1:

@@ -22,7 +22,7 @@ def _drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
     # BERT's pooler is unused (we pool ourselves); a parameter that never receives a gradient
     # makes DDP / ZeRO bucket reduction complain, so remove it rather than leave it dangling.
     if getattr(model, "pooler", None) is not None:
-        model.pooler = None
+        model.register_module("pooler", None)  # BERT skips a None pooler
     return model
 
 
@@ -60,9 +60,8 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_hf_config(cls, config: PretrainedConfig | str, **kwargs) -> TextEncoder:
-        if isinstance(config, str):
-            config = AutoConfig.from_pretrained(config)
-        return cls(text_backbone_from_config(config), **kwargs)
+        hf_config: PretrainedConfig = AutoConfig.from_pretrained(config) if isinstance(config, str) else config
+        return cls(text_backbone_from_config(hf_config), **kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, L]`` ids and mask -> (text feature ``[N, D]`` unnormalised, token features ``[N, L, Dr]``)."""

@@ -57,6 +57,8 @@ class VisualEncoder(nn.Module):
         super().__init__()
         self.backbone = create_backbone(backbone, weights)
         info = self.backbone.feature_info
+        if not isinstance(info, timm.models.FeatureInfo):  # features_only=True models carry one
+            raise TypeError(f"backbone {backbone!r} has no timm FeatureInfo (got {type(info).__name__})")
         self.channels: int = int(info.channels()[-1])
         self.stride: int = int(info.reduction()[-1])
         self.roi_output_size = roi_output_size
