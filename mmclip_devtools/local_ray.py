@@ -279,6 +279,7 @@ class LocalRayCluster:
             return False
 
     def _check_launchers(self) -> None:
+        assert self.temp_root is not None  # launchers exist only after start() made it
         for i, proc in enumerate(self._launchers):
             if proc.poll() is not None:
                 log = self.temp_root / f"node{i}.log"

@@ -181,6 +181,9 @@ class TrackingConfig(_Section):
     experiment: str = Field("mmclip", description="MLflow experiment name")
 
 
+EvalMode = Literal["zeroshot", "linear", "finetune"]
+
+
 class EvalConfig(_Section):
     """Downstream evaluation."""
 
@@ -189,7 +192,7 @@ class EvalConfig(_Section):
     )
     batch_size: int = Field(16, description="breasts per evaluation batch")
     bootstrap: int = Field(1000, description="bootstrap resamples for 95% confidence intervals")
-    mode: Literal["zeroshot", "linear", "finetune"] = Field(
+    mode: EvalMode = Field(
         "linear", description="zero-shot prompts, linear probe on frozen features, or full visual fine-tune"
     )
     features: Literal["backbone", "embed"] = Field(

@@ -100,21 +100,21 @@ class RunLogger:
             self._system = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled:
+        if self._client is None:  # not rank 0
             return
         entities = [mlflow.entities.Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
         self._client.log_batch(self.run_id, metrics=entities)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
+        if self._client is not None:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
+        if self._client is not None:
             self._client.log_artifacts(self.run_id, str(folder), artifact_path)
 
     def set_tag(self, key: str, value: Any) -> None:
-        if self.enabled:
+        if self._client is not None:
             self._client.set_tag(self.run_id, key, str(value))
 
 

@@ -45,13 +45,13 @@ def fetch_runs(client: MlflowClient, run_ids: Sequence[str] = (), experiment: st
         if not runs:
             raise ValueError(f"experiment {experiment!r} has no runs")
         return list(runs)
-    runs = []
+    listed: list[Run] = []
     for run_id in run_ids:
         try:
-            runs.append(client.get_run(run_id))
+            listed.append(client.get_run(run_id))
         except MlflowException as err:
             raise ValueError(f"run {run_id!r} not found: {err.message}") from err
-    return runs
+    return listed
 
 
 def run_label(run: Run) -> str:

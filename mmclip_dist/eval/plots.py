@@ -30,12 +30,17 @@ DPI = 100
 History = Mapping[str, Mapping[str, Sequence[tuple[int, float]]]]
 
 
-def render_png(fig: Figure, path: Path | str | None = None) -> bytes | Path:
-    """Render and close ``fig``; PNG bytes, or the written ``path``."""
+def png_bytes(fig: Figure) -> bytes:
+    """Render and close ``fig``; the PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)
     plt.close(fig)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def render_png(fig: Figure, path: Path | str | None = None) -> bytes | Path:
+    """Render and close ``fig``; PNG bytes, or the written ``path``."""
+    data = png_bytes(fig)
     if path is None:
         return data
     out = Path(path)
@@ -159,20 +164,26 @@ def make_figures(result: EvalResult, model: Any, batch: dict[str, Any]) -> dict[
     task = result.task
     figs: dict[str, bytes] = {}
     if task.binary:
-        figs["roc_breast.png"] = roc_curve_png(
-            {m: (p.labels, p.breast_probs[:, 1]) for m, p in result.methods.items()},
-            title=f"{task.name}: per breast ({result.mode})",
+        figs["roc_breast.png"] = png_bytes(
+            roc_figure(
+                {m: (p.labels, p.breast_probs[:, 1]) for m, p in result.methods.items()},
+                title=f"{task.name}: per breast ({result.mode})",
+            )
         )
-        figs["roc_image.png"] = roc_curve_png(
-            {m: (np.repeat(p.labels, 2), p.probs[..., 1].reshape(-1)) for m, p in result.methods.items()},
-            title=f"{task.name}: per image ({result.mode})",
+        figs["roc_image.png"] = png_bytes(
+            roc_figure(
+                {m: (np.repeat(p.labels, 2), p.probs[..., 1].reshape(-1)) for m, p in result.methods.items()},
+                title=f"{task.name}: per image ({result.mode})",
+            )
         )
     for method, pred in result.methods.items():
-        figs[f"confusion_{method}.png"] = confusion_matrix_png(
-            pred.labels, breast_predictions(pred), task.classes, title=f"{task.name} per breast: {method}"
+        figs[f"confusion_{method}.png"] = png_bytes(
+            confusion_matrix_figure(
+                pred.labels, breast_predictions(pred), task.classes, title=f"{task.name} per breast: {method}"
+            )
         )
     for name, matrix in similarity_matrices(model, batch).items():
         kind, view = name.split("_")
         title = f"{'global' if kind == 'global' else 'RoI'} image-text similarity ({view.upper()})"
-        figs[f"similarity_{name}.png"] = similarity_matrix_png(matrix, title)
+        figs[f"similarity_{name}.png"] = png_bytes(similarity_matrix_figure(matrix, title))
     return figs

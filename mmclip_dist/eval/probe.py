@@ -166,7 +166,10 @@ class ViewCache:
 
 def cache_views(batches: Iterable[dict[str, Any]], max_gib: float) -> ViewCache:
     """Hold every breast of ``batches`` in memory; stops with an error before exceeding ``max_gib``."""
-    images, masks, keys, metas = [], [], [], []
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    keys: list[str] = []
+    metas: list[dict[str, Any]] = []
     used = 0
     for batch in batches:
         used += batch["images"].numel() * 3  # 2 bytes fp16 image + 1 byte mask per pixel

@@ -128,14 +128,18 @@ def _linear(task: Task, cfg: Config, encoders: dict[str, Any], train: Iterable, 
     for method in encoders:
         fit = fit_linear_probe(task, train_feats[method], cfg.eval)
         probs = predict_linear_probe(fit, test_feats[method].features, len(task.classes))
-        test = test_feats[method]
-        outputs[method] = (test.metas, test.keys, probs)
+        feats = test_feats[method]
+        outputs[method] = (feats.metas, feats.keys, probs)
         details[method] = {
             "C": fit.c, "val_scores": {str(c): s for c, s in fit.val_scores.items()},
-            "train_breasts": fit.n_train, "val_breasts": fit.n_val, "feature_dim": int(test.features.shape[-1]),
+            "train_breasts": fit.n_train, "val_breasts": fit.n_val, "feature_dim": int(feats.features.shape[-1]),
         }  # fmt: skip
         log_fn(f"{method}: probe C={fit.c} (validation scores {details[method]['val_scores']})")
     return outputs, details
+
+
+def _prefixed(log_fn: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda message: log_fn(prefix + message)
 
 
 def _finetune(task: Task, cfg: Config, encoders: dict[str, Any], train: Iterable, test: Iterable, log_fn):
@@ -147,7 +151,7 @@ def _finetune(task: Task, cfg: Config, encoders: dict[str, Any], train: Iterable
     for method, encoder in encoders.items():
         log_fn(f"fine-tuning {method} ({cfg.eval.finetune_epochs} epochs, lr {cfg.eval.finetune_lr})")
         fit = finetune(
-            task, encoder, train_cache, cfg.eval, cfg.eval.use_masks, log_fn=lambda m, p=method: log_fn(f"{p}: {m}")
+            task, encoder, train_cache, cfg.eval, cfg.eval.use_masks, log_fn=_prefixed(log_fn, f"{method}: ")
         )
         probs = predict_finetuned(fit.model, test_cache, cfg.eval.batch_size, cfg.eval.use_masks)
         outputs[method] = (test_cache.metas, test_cache.keys, probs)

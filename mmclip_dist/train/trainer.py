@@ -88,7 +88,9 @@ def run_training(cfg: Config) -> TrainResult:
         scaling_config=ScalingConfig(
             num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}
         ),
-        run_config=RunConfig(
+        # Train V2 (Ray's default) exports ray.train.v2's RunConfig, which takes worker_runtime_env; mypy
+        # resolves the import to the V1 class that ray.train names when V2 is switched off.
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=train.run_name,
             storage_path=root,
             storage_filesystem=fs,

@@ -20,13 +20,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from mmclip_dist.config import Config, apply_override
+from mmclip_dist.config import Config, EvalMode, apply_override
 
 LOSS_TERMS = ("loss", "loss_global", "loss_roi", "loss_cross_view")
 HEADLINE = ("breast_roc_auc", "breast_balanced_accuracy", "image_roc_auc")
-MODES = ("zeroshot", "linear", "finetune")
+MODES: tuple[EvalMode, ...] = get_args(EvalMode)
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ def run_ablation(
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"ablation modes {list(modes)}: each must be one of {list(MODES)}")
+    checked = [next(m for m in MODES if m == name) for name in modes]  # the same names, typed
     runs: list[VariantRun] = []
     for index, (variant, vcfg) in enumerate(plan_ablation(cfg, variants)):
         log_fn(
@@ -153,7 +154,7 @@ def run_ablation(
         )
         run_id, model_ref = train_fn(vcfg)
         run = VariantRun(variant, run_id, model_ref)
-        for mode in modes:
+        for mode in checked:
             ecfg = vcfg.model_copy(deep=True)
             ecfg.eval.mode = mode
             # Baselines do not depend on the pretraining variant: score them once, with the first one.

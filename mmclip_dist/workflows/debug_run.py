@@ -43,7 +43,10 @@ def training_reports(shard_paths: list[Path]) -> list[str]:
         with tarfile.open(path) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
-                    meta = json.load(tar.extractfile(member))
+                    handle = tar.extractfile(member)
+                    if handle is None:
+                        raise ValueError(f"{path}: {member.name} is not a regular file")
+                    meta = json.load(handle)
                     texts.extend(view["report"] for view in meta["views"].values())
     return texts
 
