@@ -19,6 +19,7 @@ import logging
 import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import braceexpand
@@ -268,29 +269,29 @@ def _share(total: int, parts: int, index: int) -> int:
     return max(0, (total - index + parts - 1) // parts)
 
 
+@dataclass(frozen=True)
+class _RankPlan:
+    """Where one rank's stream stands: its place in the world, batch size, seed/epoch, batches to make and skip."""
+
+    rank: int
+    world_size: int
+    micro_batch: int
+    seed: int
+    epoch: int
+    num_batches: int
+    skip_batches: int
+
+
 class _TrainStream(IterableDataset):
     """One rank's stream; each DataLoader worker yields its round-robin share of the rank's batches."""
 
-    def __init__(
-        self,
-        shards: list[str],
-        cfg: DataConfig,
-        tokenizer: Any,
-        *,
-        rank: int,
-        world_size: int,
-        micro_batch: int,
-        seed: int,
-        epoch: int,
-        num_batches: int,
-        skip_batches: int,
-    ) -> None:
+    def __init__(self, shards: list[str], cfg: DataConfig, tokenizer: Any, plan: _RankPlan) -> None:
         self.shards = shards
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.rank, self.world_size = rank, world_size
-        self.micro_batch, self.seed, self.epoch = micro_batch, seed, epoch
-        self.num_batches, self.skip_batches = num_batches, skip_batches
+        self.rank, self.world_size = plan.rank, plan.world_size
+        self.micro_batch, self.seed, self.epoch = plan.micro_batch, plan.seed, plan.epoch
+        self.num_batches, self.skip_batches = plan.num_batches, plan.skip_batches
         self.readers = max(1, cfg.loader_workers)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -380,18 +381,8 @@ def make_train_loader(
         raise ValueError(
             f"{total} samples per epoch cannot fill one batch of {micro_batch} on each of {world_size} ranks"
         )
-    dataset = _TrainStream(
-        shards,
-        cfg,
-        tokenizer,
-        rank=rank,
-        world_size=world_size,
-        micro_batch=micro_batch,
-        seed=seed,
-        epoch=epoch,
-        num_batches=num_batches,
-        skip_batches=min(skip_batches, num_batches),
-    )
+    plan = _RankPlan(rank, world_size, micro_batch, seed, epoch, num_batches, min(skip_batches, num_batches))
+    dataset = _TrainStream(shards, cfg, tokenizer, plan)
     dataloader = DataLoader(
         dataset,
         batch_size=None,  # the stream batches itself, so batch b comes from worker b % workers
