@@ -1,6 +1,7 @@
-"""MLflow tracking: one run per training job, created by the driver and continued by rank 0.
+"""MLflow tracking: the one place runs are created (``start_run``), reopened and finished, for training
+jobs and eval results alike; ``RunLogger`` logs into a run from rank 0.
 
-The driver creates the run and logs the config before any worker starts; workers only receive the
+A training job has one run. The driver creates the run and logs the config before any worker starts; workers only receive the
 run id. A worker restored after a failure (or a ``--resume`` from a new driver) reads the run id from
 the checkpoint, so every attempt of one training job writes into the same MLflow run.
 """

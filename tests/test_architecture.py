@@ -31,6 +31,8 @@ FORBIDDEN: list[tuple[str, str]] = [
         (low, "mmclip_dist.cli")
         for low in ("mmclip_dist.train", "mmclip_dist.eval", "mmclip_dist.workflows", "mmclip_dist.tracking")
     ],
+    ("mmclip_dist.tracking", "mmclip_dist.train"),
+    ("mmclip_dist.tracking", "mmclip_dist.eval"),
     ("mmclip_dist.config", "mmclip_dist.tracking"),
     ("mmclip_dist.model", "mmclip_dist.tracking"),
     ("mmclip_dist.losses", "mmclip_dist.tracking"),
