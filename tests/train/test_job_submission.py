@@ -96,3 +96,32 @@ def test_runtime_env() -> None:
     env = job_submission.build_runtime_env(str(REPO), {"A": "1"})
     assert env["working_dir"] == str(REPO) and env["env_vars"] == {"A": "1"} and ".venv" in env["excludes"]
     assert job_submission.build_runtime_env("", {}) == {"env_vars": {}}
+
+
+class _RecordedJob:
+    """A job client that replays recorded log chunks and statuses (the Ray side is tested in tests/cli)."""
+
+    def __init__(self, chunks: list[str], statuses: list[str], fail_stream: bool = False) -> None:
+        self.chunks, self.statuses, self.fail_stream = chunks, statuses, fail_stream
+
+    async def tail_job_logs(self, job_id: str):  # noqa: ANN201
+        for chunk in self.chunks:
+            yield chunk
+        if self.fail_stream:
+            raise RuntimeError("socket closed")
+
+    def get_job_status(self, job_id: str):  # noqa: ANN201
+        from ray.job_submission import JobStatus
+
+        return JobStatus(self.statuses.pop(0))
+
+
+def test_follow_job_streams_logs_and_waits_for_a_terminal_status() -> None:
+    written: list[str] = []
+    warnings: list[str] = []
+    client = _RecordedJob(["a\n", "b\n"], ["RUNNING", "SUCCEEDED"], fail_stream=True)
+    status = job_submission.follow_job(client, "job", written.append, warnings.append, poll_s=0.0)
+    assert (status, written) == ("SUCCEEDED", ["a\n", "b\n"])
+    assert warnings == ["log stream ended early: socket closed"]
+    failed = _RecordedJob([], ["FAILED"])
+    assert job_submission.follow_job(failed, "job", written.append, warnings.append, poll_s=0.0) == "FAILED"
