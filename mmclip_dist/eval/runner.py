@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mmclip_dist.config import Config, DataConfig, dump_config
+from mmclip_dist.config import Config, DataConfig, redact_text, redacted_dump, strip_url_credentials
 from mmclip_dist.eval.scoring import Predictions, breast_predictions, make_predictions, score, summary_names
 from mmclip_dist.eval.tasks import Task, describe_source, get_task
 
@@ -201,6 +201,11 @@ def _finetune(task: Task, cfg: Config, encoders: dict[str, Any], train: Iterable
     return outputs, details
 
 
+def _redacting(log_fn: Callable[[str], None], cfg: Config) -> Callable[[str], None]:
+    """``log_fn`` with the config's credentials (and any URL userinfo) removed from every line."""
+    return lambda message: log_fn(redact_text(message, cfg))
+
+
 def evaluate(
     cfg: Config, model_ref: str, shards: str | None = None, *, log_fn: Callable[[str], None] = print,
     figures: bool = True,
@@ -208,6 +213,8 @@ def evaluate(
     """Score ``cfg.eval.task`` with ``cfg.eval.mode`` on the test split of ``shards`` (default ``data.eval_shards``)."""
     from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
     from mmclip_dist.tracking import resolve_tracking_uri
+
+    log_fn = _redacting(log_fn, cfg)
 
     started = time.perf_counter()
     task = get_task(cfg.eval.task)
@@ -365,13 +372,14 @@ def log_result(result: EvalResult, cfg: Config, model_ref: str, shards: str | No
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
         run = client.create_run(experiment_id, run_name=f"eval-{result.task.name}-{result.mode}")
         run_id, created = run.info.run_id, True
-        params = {**loggable_params(cfg), "eval.model": model_ref, "eval.shards": shards or cfg.data.eval_shards}
+        params = {**loggable_params(cfg), "eval.model": strip_url_credentials(model_ref),
+                  "eval.shards": strip_url_credentials(shards or cfg.data.eval_shards)}  # fmt: skip
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow caps params per batch call
             client.log_batch(run_id, params=items[start : start + 100])
-        client.log_text(run_id, dump_config(cfg), "eval_config.yaml")
+        client.log_text(run_id, redacted_dump(cfg), "eval_config.yaml")
     client.set_tag(run_id, f"{prefix}/label_source", result.label_source)
-    client.set_tag(run_id, f"{prefix}/model", model_ref)
+    client.set_tag(run_id, f"{prefix}/model", strip_url_credentials(model_ref))
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in result.mlflow_metrics().items()]
     for start in range(0, len(metrics), 500):

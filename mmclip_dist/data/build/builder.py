@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmclip_dist.config import ShardsConfig
+from mmclip_dist.config import ShardsConfig, redacted
 from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
 from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
@@ -179,8 +179,7 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
 
 def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]]], shards: list[ShardInfo],
               rejects: list[dict[str, str]], label_source: str, fingerprint: str) -> dict[str, Any]:
-    config = cfg.model_dump(mode="json")
-    config["salt"] = "<set>" if config["salt"] else ""  # the salt is a secret: never written out
+    config = redacted(cfg)  # the salt and URL credentials are secrets (config field markers): never written out
     split_info = {}
     for split in splits:
         mine = [s for s in shards if s.split == split]

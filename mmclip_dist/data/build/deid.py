@@ -14,6 +14,8 @@ import os
 import re
 from typing import Any
 
+from mmclip_dist.config import check_salt
+
 SALT_ENV = "MMCLIP_ID_SALT"
 # Used only for the synthetic dataset, whose ids identify nobody; real data must bring its own salt.
 SYNTHETIC_SALT = "mmclip-synthetic-not-secret"
@@ -36,6 +38,10 @@ def resolve_salt(config_salt: str, synthetic: bool) -> str:
     """The salt from the config, else ``MMCLIP_ID_SALT``; only synthetic data may fall back to a default."""
     salt = config_salt or os.environ.get(SALT_ENV, "")
     if salt:
+        try:
+            check_salt(salt, "shards.salt" if config_salt else SALT_ENV)
+        except ValueError as err:
+            raise SaltError(str(err)) from None
         return salt
     if synthetic:
         return SYNTHETIC_SALT
