@@ -5,8 +5,11 @@ The job is sent to the cluster's dashboard (Ray Jobs API) with the local reposit
 The config and overrides are validated here first: a typo fails in a second, not after the
 cluster has pulled images and started workers.
 
-Secrets: S3 credentials normally come from the cluster's own Secret (the pods' environment), so
-nothing secret is sent. ``--env NAME`` forwards a local variable by name; values are never
+Secrets: the entrypoint, runtime_env and metadata of a Ray job are shown to anyone who can read the
+dashboard, so nothing secret is ever sent: a config field marked ``Secret`` (the id salt) or a
+``user:password@`` in a ``Url`` field, and a credential variable (``config.secret_env_names``) or a
+URL with credentials in ``--env``, are refused before submission. Credentials come from the cluster's
+own Secret (the pods' environment). ``--env NAME`` forwards a local variable by name; values are never
 printed, only names. Ray token authentication (``RAY_AUTH_MODE=token``, Ray >= 2.52): the token is
 taken from ``--auth-token``, else ``RAY_AUTH_TOKEN``, else the file named by ``RAY_AUTH_TOKEN_PATH``,
 else Ray's default ``~/.ray/auth_token`` when ``RAY_AUTH_MODE=token``, and sent as a bearer
@@ -25,14 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mmclip_dist.cli.common import add_config_args
-from mmclip_dist.config import load_config
+from mmclip_dist.config import Config, load_config, secret_env_names, secret_fields, url_credentials
 
 # Directories never uploaded with the working_dir: environments, run outputs, data. Ray also
 # honours .gitignore, but these are large enough to hit the 500 MiB upload limit if ignored.
 WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "mlruns", "shards", "**/__pycache__", "*.egg-info"]
-
-# Name fragments of variables whose values must never reach the terminal or the logs.
-_SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL")
 
 
 class SubmitError(RuntimeError):
@@ -117,10 +117,21 @@ def parse_env(items: list[str], local_env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def is_secret_name(name: str) -> bool:
-    """Whether a variable's value must be kept off the terminal."""
-    upper = name.upper()
-    return any(marker in upper for marker in _SECRET_MARKERS)
+def check_no_secrets(cfg: Config, env_vars: Mapping[str, str]) -> None:
+    """Refuse a job that would carry a credential in its entrypoint or runtime_env (names only in the error)."""
+    problems = [f"{name} is a secret config field" for name, _ in secret_fields(cfg)]
+    secret_env = set(secret_env_names())
+    for name, value in sorted(env_vars.items()):
+        if name in secret_env:
+            problems.append(f"--env {name} is a credential variable")
+        elif url_credentials(value):
+            problems.append(f"--env {name} holds a URL with user:password@")
+    if problems:
+        raise SubmitError(
+            "refusing to put secrets into the Ray job (its entrypoint and runtime_env are shown by the dashboard "
+            "and the job API): " + "; ".join(dict.fromkeys(problems)) + ". Give them to the cluster through its "
+            "Secret instead (pod environment: " + ", ".join(sorted(secret_env)) + "; k8s/examples/)"
+        )
 
 
 def config_path_for_job(config: str, working_dir: str) -> str:
@@ -181,16 +192,11 @@ def _follow(client: object, job_id: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # Validate before contacting the cluster; ConfigError names the file and the bad key.
-    load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     job_config = config_path_for_job(args.config, args.working_dir) if args.config else None
     entrypoint = build_entrypoint(job_config, args.overrides, args.resume)
     env_vars = parse_env(args.env, os.environ)
-    for name in sorted(filter(is_secret_name, env_vars)):
-        print(
-            f"[submit] warning: {name} is stored in the job's runtime_env and shown by the dashboard; "
-            "prefer the cluster's Secret (k8s/examples/s3-credentials.secret.yaml)",
-            file=sys.stderr,
-        )
+    check_no_secrets(cfg, env_vars)
     token = resolve_auth_token(args.auth_token, os.environ)
 
     from ray.job_submission import JobSubmissionClient

@@ -23,13 +23,17 @@ def test_hash_id_is_keyed_hmac() -> None:
 
 def test_resolve_salt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(deid.SALT_ENV, raising=False)
-    assert deid.resolve_salt("cfg", synthetic=False) == "cfg"
+    cfg_salt, env_salt = "cfg-salt-0123456789", "env-salt-0123456789"
+    assert deid.resolve_salt(cfg_salt, synthetic=False) == cfg_salt
     assert deid.resolve_salt("", synthetic=True) == deid.SYNTHETIC_SALT
     with pytest.raises(deid.SaltError):
         deid.resolve_salt("", synthetic=False)
-    monkeypatch.setenv(deid.SALT_ENV, "env")
-    assert deid.resolve_salt("", synthetic=False) == "env"
-    assert deid.resolve_salt("cfg", synthetic=False) == "cfg"
+    monkeypatch.setenv(deid.SALT_ENV, env_salt)
+    assert deid.resolve_salt("", synthetic=False) == env_salt
+    assert deid.resolve_salt(cfg_salt, synthetic=False) == cfg_salt
+    monkeypatch.setenv(deid.SALT_ENV, "short")
+    with pytest.raises(deid.SaltError, match="MMCLIP_ID_SALT is 5 characters"):
+        deid.resolve_salt("", synthetic=False)
 
 
 def test_whitelist_drops_unknown_keys_and_text_in_transform() -> None:
@@ -100,7 +104,7 @@ def test_no_phi_in_any_output_byte(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = build_shards(
         ShardsConfig(
-            dataset="vindr", input=str(root), output=str(out), image_size=(96, 64), salt="secret-salt-xyz", processes=1
+            dataset="vindr", input=str(root), output=str(out), image_size=(96, 64), salt="secret-salt-xyz-0001", processes=1
         ),
         progress=False,
     )
@@ -112,7 +116,7 @@ def test_no_phi_in_any_output_byte(tmp_path: Path) -> None:
         set(PHI.values())
         | raw_ids
         | {
-            "secret-salt-xyz",
+            "secret-salt-xyz-0001",
             "PHI-NAME",
             "PHI-PID",
             "PHI-ACC",
