@@ -111,6 +111,12 @@ class ShardsConfig(_Section):
         "", description="'module:attr' of a ReportRewriter that rewrites template reports (e.g. an LLM); '' = off"
     )
     resume: bool = Field(True, description="keep shards an interrupted build already committed and continue")
+    phi_policy: Literal["reject", "redact"] = Field(
+        "reject", description="text still holding PHI after the record's ids are removed: reject it or redact it"
+    )
+    allow_burned_in: bool = Field(
+        False, description="keep images whose DICOM says BurnedInAnnotation / RecognizableVisualFeatures = YES"
+    )
 
     @field_validator("salt")
     @classmethod

@@ -26,11 +26,17 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
 from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
 from mmclip_dist.data.build.reports import load_rewriter
-from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
-from mmclip_dist.data.build.sample_files import PNG_COMPRESS_LEVEL, Sample, SampleSpec, breast_key, \
-    make_sample, patient_key
-from mmclip_dist.data.synthetic import TRUTH_FILE
+from mmclip_dist.data.build.sample_files import (
+    PNG_COMPRESS_LEVEL,
+    Sample,
+    SampleSpec,
+    breast_key,
+    make_sample,
+    patient_key,
+)
 from mmclip_dist.data.build.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
+from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
+from mmclip_dist.data.synthetic import TRUTH_FILE
 
 LABEL_NAMES = {"1": "malignant", "0": "benign", "-1": "unknown"}
 
@@ -135,12 +141,14 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
     """Build (or resume building) the shards described by ``cfg`` and return what was written."""
     splits, adapter_rejects, label_source, salt, fingerprint = prepare(cfg)
     spec = SampleSpec(image_size=tuple(cfg.image_size), flip_to=cfg.flip_to, salt=salt,
-                      rewriter=load_rewriter(cfg.report_rewriter))
+                      rewriter=load_rewriter(cfg.report_rewriter), phi_policy=cfg.phi_policy,
+                      allow_burned_in=cfg.allow_burned_in)
     sink = ShardSink(cfg.output, cfg.s3_endpoint)
     # The manifest marks a finished build; remove it first so a half-rebuilt output never looks finished.
     sink.delete(MANIFEST)
     sink.clean_staging()
 
+    deid.load_detector()
     pool = None
     if cfg.processes > 1:
         # fork: workers inherit the imported modules, so start-up costs milliseconds, not an interpreter.
@@ -157,7 +165,7 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
                 if isinstance(result, Reject):
                     writer.add_reject(result)
                 else:
-                    writer.add_sample(result.key, result.files, result.label)
+                    writer.add_sample(result.key, result.files, result.label, result.deid)
                 bar.update(1)
             bar.close()
             shards = writer.finish()
@@ -171,7 +179,8 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
             pool.join()
         sink.close()
 
-    rejects = [r.to_json() for r in adapter_rejects] + shard_rejects
+    # Adapter rejects quote CSV cells (a bad label, a bad box): the PHI detector redacts whatever they hold.
+    rejects = [{**r.to_json(), "detail": deid.redact_phi(r.detail)} for r in adapter_rejects] + shard_rejects
     manifest = _manifest(cfg, splits, all_shards, rejects, label_source, fingerprint)
     write_manifest(sink, manifest, rejects)
     return BuildResult(output=cfg.output, manifest=manifest, shards=all_shards, rejects=rejects)
@@ -211,8 +220,27 @@ def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]
         "shards": [{"name": s.name, "split": s.split, "samples": s.samples, "sha256": s.sha256, "bytes": s.bytes}
                    for s in shards],
         "image_size": list(cfg.image_size),
+        "deid": _deid_summary(cfg, shards, rejects),
         "fingerprint": fingerprint,
         "config": config,
+    }
+
+
+def _deid_summary(cfg: ShardsConfig, shards: list[ShardInfo], rejects: list[dict[str, str]]) -> dict[str, Any]:
+    """What de-identification did: texts rejected or redacted for PHI, burned-in images rejected or kept."""
+    done: Counter[str] = Counter()
+    for shard in shards:
+        done.update(shard.deid)
+    reasons = Counter(r["reason"] for r in rejects)
+    return {
+        "phi_policy": cfg.phi_policy,
+        "phi_detector": deid.detector_version(),
+        "rejected_phi_in_text": reasons[deid.PHI_REASON],
+        "samples_phi_redacted": done["phi_redacted"],
+        "identifiers_removed": done["identifiers_removed"],
+        "allow_burned_in": cfg.allow_burned_in,
+        "rejected_burned_in": reasons[deid.BURNED_IN_REASON],
+        "samples_burned_in_kept": done["burned_in_kept"],
     }
 
 

@@ -9,7 +9,7 @@ and paths, so a bad file never crashes the build and never leaks an identifier.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import imagecodecs
@@ -20,8 +20,8 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.dicom import DecodedImage, DicomDecodeError, decode_dicom
 from mmclip_dist.data.build.preprocess import chest_wall_side, preprocess_view
 from mmclip_dist.data.build.records import BreastRecord, Reject, ViewRecord
-from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 from mmclip_dist.data.build.reports import Finding, ReportRewriter, view_report
+from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 
 # zlib level of the PNGs: 1 is several times faster than the default 6 for a few % larger 16-bit images,
 # and encoding sits on the critical path of every build.
@@ -36,6 +36,8 @@ class SampleSpec:
     flip_to: str
     salt: str
     rewriter: ReportRewriter | None = None
+    phi_policy: str = "reject"  # shards.phi_policy
+    allow_burned_in: bool = False  # shards.allow_burned_in
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Sample:
     key: str
     files: dict[str, bytes]
     label: int
+    deid: dict[str, int] = field(default_factory=dict)  # what de-identification did (summed in the manifest)
 
 
 class _Rejected(Exception):
@@ -77,6 +80,8 @@ def make_sample(record: BreastRecord, spec: SampleSpec) -> Sample | Reject:
     """Build the sample of one breast, or the reason it cannot be built."""
     try:
         return _make_sample(record, spec)
+    except deid.PhiFound as err:  # the message names the text and the PHI types, never the text itself
+        return Reject(record.source, deid.PHI_REASON, str(err))
     except _Rejected as err:
         return Reject(record.source, err.reason, deid.scrub(err.detail, record.raw_identifiers()))
     except DicomDecodeError as err:
@@ -89,14 +94,28 @@ def make_sample(record: BreastRecord, spec: SampleSpec) -> Sample | Reject:
 def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
     files: dict[str, bytes] = {}
     views_json: dict[str, Any] = {}
+    # Both headers are read before any text is written: a report of one view may quote the other's ids.
+    decoded_views = {view: decode_dicom(record.views[view].path, min_size=spec.image_size) for view in VIEWS}
+    known = deid.KnownIdentifiers()
+    known.add_raw_ids(record.raw_identifiers())
+    burned_in = set()
+    for view, decoded in decoded_views.items():
+        known.add_header(decoded.identifiers)
+        if decoded.burned_in and not spec.allow_burned_in:
+            raise _Rejected(deid.BURNED_IN_REASON,
+                            f"{view.upper()}: DICOM {' and '.join(decoded.burned_in)} = YES (identifying text or "
+                            "features in the pixels); shards.allow_burned_in=true keeps such images")
+        burned_in.update(decoded.burned_in)
+    cleaner = deid.TextCleaner(known, spec.phi_policy)
     for view in VIEWS:
         vrec = record.views[view]
-        decoded = decode_dicom(vrec.path, min_size=spec.image_size)
+        decoded = decoded_views[view]
         if decoded.laterality in ("L", "R") and decoded.laterality != record.laterality:
             raise _Rejected("laterality_mismatch",
                             f"{view.upper()}: DICOM ImageLaterality {decoded.laterality} but the CSV says "
                             f"{record.laterality}")
         boxes, labels, birads, mask = _annotations(vrec, decoded, view)
+        labels = [cleaner.clean(label, f"{view.upper()} box label #{i + 1}") for i, label in enumerate(labels)]
         out = preprocess_view(decoded, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), record.laterality,
                               spec.image_size, flip_to=spec.flip_to, mask=mask)
         out_boxes = np.asarray(out.boxes, dtype=np.float64).reshape(-1, 4)
@@ -114,6 +133,8 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
                 "birads": record.birads, "label_malignant": record.label_malignant,
                 "label_source": record.label_source,
                 "findings": [{"label": f.label, "box": f.box, "birads": f.birads} for f in findings]})
+        # Every report (CSV text, template, rewriter output) passes the same layer before it is stored.
+        report = cleaner.clean(report, f"{view.upper()} report")
         files[image_file(view)] = encode_png16(out.image)
         if out.mask is not None:
             files[mask_file(view)] = encode_png8((np.asarray(out.mask) > 0).astype(np.uint8) * 255)
@@ -137,7 +158,9 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
         "views": views_json,
     })
     files["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant))
+    counts = {"identifiers_removed": cleaner.identifiers_removed, "phi_redacted": int(cleaner.phi_redacted > 0),
+              "burned_in_kept": int(bool(burned_in))}  # fmt: skip
+    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant), deid=counts)
 
 
 def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]:

@@ -132,17 +132,18 @@ class ShardInfo:
     inputs: tuple[int, int]
     rejects: list[dict[str, str]] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
+    deid: dict[str, int] = field(default_factory=dict)  # de-identification counts of its samples
 
     def sidecar(self, fingerprint: str) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "index": self.index, "samples": self.samples,
                 "sha256": self.sha256, "bytes": self.bytes, "inputs": list(self.inputs),
-                "labels": self.labels, "rejects": self.rejects, "fingerprint": fingerprint}
+                "labels": self.labels, "deid": self.deid, "rejects": self.rejects, "fingerprint": fingerprint}
 
     @classmethod
     def from_sidecar(cls, data: dict[str, Any]) -> "ShardInfo":
         return cls(name=data["name"], split=data["split"], index=data["index"], samples=data["samples"],
                    sha256=data["sha256"], bytes=data["bytes"], inputs=tuple(data["inputs"]),
-                   rejects=data.get("rejects", []), labels=data.get("labels", {}))
+                   rejects=data.get("rejects", []), labels=data.get("labels", {}), deid=data.get("deid", {}))
 
 
 @dataclass
@@ -178,8 +179,9 @@ class SplitWriter:
         if resume and resume.tail:
             self._start = resume.tail["inputs"][0]
         self._labels: Counter[str] = Counter()
+        self._deid: Counter[str] = Counter()
 
-    def add_sample(self, key: str, files: dict[str, bytes], label: int) -> None:
+    def add_sample(self, key: str, files: dict[str, bytes], label: int, deid: dict[str, int] | None = None) -> None:
         """Append one sample (files in the given order, named ``key.ext``)."""
         size = sum(tar_member_size(len(data)) for data in files.values())
         if self._tar is not None and self._samples and (
@@ -193,6 +195,7 @@ class SplitWriter:
         self._samples += 1
         self._bytes += size
         self._labels[str(label)] += 1
+        self._deid.update(deid or {})
         self.position += 1
 
     def add_reject(self, reject: Reject) -> None:
@@ -238,7 +241,8 @@ class SplitWriter:
         size = self._tmp_path.stat().st_size
         info = ShardInfo(name=name, split=self.split, index=len(self.shards), samples=self._samples,
                          sha256=digest.hexdigest(), bytes=size, inputs=(self._start, self.position),
-                         rejects=self._rejects, labels=dict(sorted(self._labels.items())))
+                         rejects=self._rejects, labels=dict(sorted(self._labels.items())),
+                         deid=dict(sorted(self._deid.items())))
         self.sink.commit_file(self._tmp_path, name, info.sha256)
         # The sidecar is written last: it is what marks the shard as committed for a resumed build.
         self.sink.write_bytes(sidecar_name(name), _dumps(info.sidecar(self.fingerprint)))
@@ -247,6 +251,7 @@ class SplitWriter:
         self._tmp_path = None
         self._rejects = []
         self._labels = Counter()
+        self._deid = Counter()
         self._start = self.position
 
 
