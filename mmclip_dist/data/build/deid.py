@@ -258,17 +258,42 @@ class KnownIdentifiers:
             for value in values:
                 self.add(HEADER_IDENTIFIERS.get(keyword, "id"), value)
 
+    def find(self, text: str) -> list[tuple[int, int, str]]:
+        """``(start, end, placeholder)`` of every occurrence of a known identifier, overlaps merged."""
+        if self._compiled is None:
+            self._compiled = [(re.compile(p, re.IGNORECASE), _PLACEHOLDER[kind])
+                              for kind, patterns in self._patterns.items() for p in patterns]  # fmt: skip
+        spans = [
+            (m.start(), m.end(), ph)
+            for pattern, ph in self._compiled
+            for m in pattern.finditer(text)
+            if m.end() > m.start()
+        ]
+        return _merge(spans)
+
     def remove(self, text: str) -> tuple[str, int]:
         """``text`` with every known identifier replaced by its typed placeholder, and how many were."""
-        if self._compiled is None:
-            # Longer patterns first: a full place or id must go before one of its parts can match inside it.
-            self._compiled = [(re.compile(p, re.IGNORECASE), _PLACEHOLDER[kind])
-                              for kind, patterns in self._patterns.items() for p in sorted(patterns, key=len, reverse=True)]  # fmt: skip
-        count = 0
-        for pattern, placeholder in self._compiled:
-            text, n = pattern.subn(placeholder, text)
-            count += n
-        return text, count
+        spans = self.find(text)
+        return _replace(text, spans), len(spans)
+
+
+def _merge(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Sorted, non-overlapping spans; an overlap becomes one span with the first span's placeholder."""
+    merged: list[list[Any]] = []
+    for start, end, label in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end, label])
+    return [(a, b, c) for a, b, c in merged]
+
+
+def _replace(text: str, spans: list[tuple[int, int, str]]) -> str:
+    out, pos = [], 0
+    for start, end, label in spans:
+        out += [text[pos:start], label]
+        pos = end
+    return "".join(out) + text[pos:]
 
 
 class TextCleaner:
@@ -287,15 +312,16 @@ class TextCleaner:
         text in the error (e.g. "CC report"), never its content."""
         from mmclip_dist.data.build import phi_detector
 
-        text, removed = self.known.remove(text)
-        self.identifiers_removed += removed
-        spans = phi_detector.find_phi(text)
-        if not spans:
-            return text
-        if self.policy == "reject":
-            raise PhiFound(what, [t for _, _, t in spans])
-        self.phi_redacted += 1
-        return phi_detector.redact(text)
+        # Both look at the original text: a removed identifier must not hide the cue ("Pt", "Dr.") the detector
+        # needs for the next word. PHI the exact removal already covers is not "left after removing".
+        known = self.known.find(text)
+        found = [(a, b, f"[{t}]") for a, b, t in phi_detector.find_phi(text)]
+        left = [span for span in found if not any(k[0] <= span[0] and span[1] <= k[1] for k in known)]
+        self.identifiers_removed += len(known)
+        if left and self.policy == "reject":
+            raise PhiFound(what, [label.strip("[]") for _, _, label in left])
+        self.phi_redacted += bool(left)
+        return _replace(text, _merge(known + found))
 
 
 def load_detector() -> None:
