@@ -14,7 +14,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from mmclip_dist.config import Config, TrackingConfig, flatten, redacted_dump
+from mmclip_dist.config import Config, TrackingConfig, flatten, redacted_dump, url_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _MLFLOW_PARAM_MAX = 6000
@@ -22,7 +22,11 @@ _MLFLOW_PARAM_MAX = 6000
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     """Config value, else ``MLFLOW_TRACKING_URI``, else a sqlite file in the working directory."""
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if url_credentials(uri):
+        # MLflow prints "View run <name> at: <tracking URI>/#/..." when a run ends, password included.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return uri
 
 
 def loggable_params(cfg: Config) -> dict[str, str]:
