@@ -62,6 +62,7 @@ def test_planted_secrets_never_leave(train_assets: TrainAssets, ray_node: LocalR
                 "train.max_steps=2",
                 "train.checkpoint_every=2",
                 "train.run_name=secrets",
+                "train.max_failures=2",  # the shared test machine can time a placement group out
                 "eval.bootstrap=20",
                 "eval.batch_size=8",
             ],
