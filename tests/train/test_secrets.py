@@ -45,7 +45,7 @@ def test_planted_secrets_never_leave(train_assets: TrainAssets, ray_node: LocalR
     salt, env_salt = f"planted-salt-{tag}", f"planted-envsalt-{tag}"
     user, password = f"planteduser{tag}", f"plantedpw{tag}"
     key_id, key = f"PLANTEDAK{tag.upper()}", f"plantedsk{tag}"
-    mlflow = LocalMlflowServer(tmp_path / "mlflow").start()
+    mlflow = LocalMlflowServer(tmp_path / "mlflow", startup_timeout=400).start()
     try:
         s3_url = f"http://{key_id}:{key}@127.0.0.1:9"  # endpoints the local run never dials (local shards/storage)
         cfg = tiny_config(
