@@ -39,7 +39,7 @@ def _tree(root: Path, skip: set[Path] = frozenset()) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p not in skip}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_planted_secrets_never_leave(train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path) -> None:
     tag = secrets.token_hex(6)
     salt, env_salt = f"planted-salt-{tag}", f"planted-envsalt-{tag}"
