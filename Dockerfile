@@ -44,13 +44,14 @@ RUN pip install \
       "pillow==13.0.0" \
       "numpy==2.4.6" \
       "boto3==1.44.8" \
-      "mlflow==3.17.2" \
+      "mlflow[auth]==3.17.2" \
       "scikit-learn==1.9.1" \
       "pydantic==2.14.4" \
       "pyyaml==6.0.4" \
       "rich==15.0.0" \
       "tqdm==4.70.1" \
-      "matplotlib==3.11.2"
+      "matplotlib==3.11.2" \
+      "presidio-analyzer==2.2.366"
 
 # The package (no dependency resolution: everything is pinned above) plus the preset configs,
 # which RayJob entrypoints name by absolute path (/app/launch/configs/...).

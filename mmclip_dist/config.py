@@ -8,11 +8,51 @@ error naming the key rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Secret:
+    """Field marker, ``Annotated[str, Secret()]``: the whole value is a credential (salt, key, token, password).
+
+    ``redacted``/``redacted_dump``/``flatten`` replace it by ``REDACTED``; ``mmclip-dist submit`` refuses to put
+    it into a Ray job; ``env`` names the environment variable that supplies it instead (from a cluster Secret).
+    """
+
+    def __init__(self, env: str = "") -> None:
+        self.env = env
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r})"
+
+
+class Url:
+    """Field marker, ``Annotated[str, Url()]``: a URL or path whose ``user:password@`` part is a credential."""
+
+    def __repr__(self) -> str:
+        return "Url()"
+
+
+REDACTED = "<redacted>"
+# Environment variables that hold credentials the product (or a library it drives) reads; with the
+# ``Secret(env=...)`` names of the config they are what ``secret_env_names`` returns.
+CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "RAY_AUTH_TOKEN",
+    "HF_TOKEN",
+)
+MIN_SALT_LENGTH = 16
+# userinfo of a URL: the "user:password@" between "scheme://" and the host
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s]+@")
 
 
 class _Section(BaseModel):
@@ -39,8 +79,8 @@ class ShardsConfig(_Section):
     """Turning a DICOM dataset and its CSVs into WebDataset shards."""
 
     dataset: Literal["vindr", "rsna", "cbis", "generic"] = Field("vindr", description="input adapter")
-    input: str = Field("", description="dataset root folder (or CSV file for 'generic')")
-    output: str = Field("", description="output folder or s3://bucket/prefix for the shards")
+    input: Annotated[str, Url()] = Field("", description="dataset root folder (or CSV file for 'generic')")
+    output: Annotated[str, Url()] = Field("", description="output folder or s3://bucket/prefix for the shards")
     image_size: tuple[int, int] = Field((760, 480), description="stored image size (height, width)")
     flip_to: Literal["left", "right", "none"] = Field(
         "left", description="mirror every breast so the chest wall is on this side ('none' keeps it)"
@@ -51,9 +91,13 @@ class ShardsConfig(_Section):
     shard_max_bytes: int = Field(500_000_000, description="target shard size in bytes")
     shard_max_samples: int = Field(100_000, description="upper bound on samples per shard")
     processes: int = Field(2, description="decode processes")
-    salt: str = Field("", description="secret salt for hashing ids; empty reads MMCLIP_ID_SALT")
+    salt: Annotated[str, Secret(env="MMCLIP_ID_SALT")] = Field(
+        "", description=f"secret salt for hashing ids (>= {MIN_SALT_LENGTH} chars); empty reads MMCLIP_ID_SALT"
+    )
     max_reject_fraction: float = Field(0.05, description="exit non-zero when more inputs than this are rejected")
-    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
+    s3_endpoint: Annotated[str | None, Url()] = Field(
+        None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)"
+    )
     birads_malignant_min: int = Field(
         4, description="BI-RADS proxy (VinDr): breast BI-RADS >= this is labelled malignant"
     )
@@ -67,13 +111,36 @@ class ShardsConfig(_Section):
         "", description="'module:attr' of a ReportRewriter that rewrites template reports (e.g. an LLM); '' = off"
     )
     resume: bool = Field(True, description="keep shards an interrupted build already committed and continue")
+    phi_policy: Literal["reject", "redact"] = Field(
+        "reject", description="text still holding PHI after the record's ids are removed: reject it or redact it"
+    )
+    allow_burned_in: bool = Field(
+        False, description="keep images whose DICOM says BurnedInAnnotation / RecognizableVisualFeatures = YES"
+    )
+
+    @field_validator("salt")
+    @classmethod
+    def _salt_long_enough(cls, salt: str) -> str:
+        check_salt(salt, "shards.salt")
+        return salt
+
+
+def check_salt(salt: str, where: str) -> None:
+    """A salt short enough to guess makes the hashed ids reversible by brute force: refuse it."""
+    if salt and len(salt) < MIN_SALT_LENGTH:
+        raise ValueError(
+            f"{where} is {len(salt)} characters; an id salt must be at least {MIN_SALT_LENGTH} "
+            "(a long random secret, e.g. `openssl rand -hex 16`)"
+        )
 
 
 class DataConfig(_Section):
     """Streaming the shards into training batches."""
 
-    train_shards: str = Field("", description="folder, s3:// prefix or brace pattern of training shards")
-    eval_shards: str = Field("", description="shards of the held-out split used for evaluation")
+    train_shards: Annotated[str, Url()] = Field(
+        "", description="folder, s3:// prefix or brace pattern of training shards"
+    )
+    eval_shards: Annotated[str, Url()] = Field("", description="shards of the held-out split used for evaluation")
     image_size: tuple[int, int] = Field((760, 480), description="model input size (height, width)")
     max_rois: int = Field(4, description="RoIs kept per view; extra boxes are dropped, missing ones masked")
     max_text_len: int = Field(128, description="report tokens kept per view")
@@ -87,7 +154,9 @@ class DataConfig(_Section):
         "train", description="shard name prefix ('{split}-NNNNNN.tar') read when train_shards is a folder"
     )
     eval_split: str = Field("test", description="shard name prefix read when eval_shards is a folder")
-    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
+    s3_endpoint: Annotated[str | None, Url()] = Field(
+        None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)"
+    )
 
 
 class ModelConfig(_Section):
@@ -148,12 +217,16 @@ class TrainConfig(_Section):
     log_every: int = Field(1, description="steps between metric logs")
     checkpoint_every: int = Field(50, description="steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = Field(2, description="checkpoints kept in storage")
-    storage_path: str = Field("runs", description="local folder or s3://bucket/prefix for Ray run storage")
-    storage_endpoint: str | None = Field(None, description="S3 endpoint of storage_path (None: default)")
+    storage_path: Annotated[str, Url()] = Field(
+        "runs", description="local folder or s3://bucket/prefix for Ray run storage"
+    )
+    storage_endpoint: Annotated[str | None, Url()] = Field(
+        None, description="S3 endpoint of storage_path (None: default)"
+    )
     run_name: str = Field("mmclip", description="Ray run name; also the MLflow run name")
     max_failures: int = Field(2, description="worker failures Ray Train recovers from by restoring")
     resume: bool = Field(False, description="resume from the latest checkpoint of run_name")
-    export_dir: str = Field("", description="where to export the final DeepSpeed-independent model")
+    export_dir: Annotated[str, Url()] = Field("", description="where to export the final DeepSpeed-independent model")
     step_callback: str | None = Field(None, description="'module:Class' built on every worker, called after each step")
 
     @model_validator(mode="after")
@@ -177,7 +250,9 @@ def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> 
 class TrackingConfig(_Section):
     """MLflow tracking."""
 
-    tracking_uri: str = Field("", description="MLflow tracking URI; empty: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    tracking_uri: Annotated[str, Url()] = Field(
+        "", description="MLflow tracking URI; empty: MLFLOW_TRACKING_URI or sqlite:///mlflow.db"
+    )
     experiment: str = Field("mmclip", description="MLflow experiment name")
 
 
@@ -264,16 +339,121 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(tree)
     except ValidationError as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}:\n{err}") from err
+        raise ConfigError(f"invalid config{where}:\n{_describe_errors(err)}") from None
+
+
+def _describe_errors(err: ValidationError) -> str:
+    """One line per problem, ``dotted.field: message (got value)``; a ``Secret`` field's value is never shown."""
+    secret = {name for name, info in _field_infos(Config) if _marker(info, Secret) is not None}
+    lines = []
+    for problem in err.errors(include_url=False):
+        dotted = ".".join(str(part) for part in problem["loc"])
+        shown = (
+            ""
+            if dotted in secret or "input" not in problem
+            else f" (got {strip_url_credentials(repr(problem['input']))})"
+        )
+        lines.append(f"  {dotted}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _field_infos(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, field info) of every leaf field of a config class."""
+    rows: list[tuple[str, Any]] = []
+    for name, info in model.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            rows.extend(_field_infos(info.annotation, f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", info))
+    return rows
 
 
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML, saved beside checkpoints and logged to MLflow."""
+    """The resolved config as YAML, secrets included: for a config file a command will read back.
+
+    Anything that logs or publishes a config (MLflow, manifests, job metadata, the terminal) uses
+    ``redacted_dump`` instead.
+    """
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+def strip_url_credentials(value: str) -> str:
+    """``s3://key:secret@host/x`` -> ``s3://<redacted>@host/x``; a value without userinfo is returned as is."""
+    return _USERINFO.sub(f"{REDACTED}@", value)
+
+
+def url_credentials(value: str) -> list[str]:
+    """The ``user:password`` parts of every URL in ``value`` (empty when there is none)."""
+    return [m.group(0)[:-1] for m in _USERINFO.finditer(value)]
+
+
+def _marker(info: Any, kind: type) -> Any:
+    return next((m for m in info.metadata if isinstance(m, kind)), None)
+
+
+def _walk_fields(model: BaseModel, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted name, field info, value) of every leaf field of a config model."""
+    rows: list[tuple[str, Any, Any]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            rows.extend(_walk_fields(value, f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", info, value))
+    return rows
+
+
+def secret_fields(cfg: BaseModel) -> list[tuple[str, str]]:
+    """``(dotted field, credential)`` for every credential the config holds: ``Secret`` values and the
+    ``user:password`` of ``Url`` values. Empty values are not credentials."""
+    found: list[tuple[str, str]] = []
+    for dotted, info, value in _walk_fields(cfg):
+        if _marker(info, Secret) is not None and value:
+            found.append((dotted, str(value)))
+        elif _marker(info, Url) is not None and isinstance(value, str):
+            found.extend((dotted, cred) for cred in url_credentials(value))
+    return found
+
+
+def secret_env_names(model: type[BaseModel] | None = None) -> list[str]:
+    """Environment variables whose values are credentials: ``CREDENTIAL_ENV`` and every ``Secret(env=...)``."""
+    names = list(CREDENTIAL_ENV)
+    for _, info in _field_infos(model or Config):
+        if (marker := _marker(info, Secret)) is not None and marker.env:
+            names.append(marker.env)
+    return names
+
+
+def redacted(cfg: BaseModel) -> dict[str, Any]:
+    """``model_dump(mode="json")`` with every ``Secret`` value replaced by ``REDACTED`` and the credentials of
+    every ``Url`` value stripped: the only form in which a config is logged, tracked or published."""
+    tree = cfg.model_dump(mode="json")
+    for dotted, info, value in _walk_fields(cfg):
+        keys = dotted.split(".")
+        node = tree
+        for key in keys[:-1]:
+            node = node[key]
+        if _marker(info, Secret) is not None and value:
+            node[keys[-1]] = REDACTED
+        elif _marker(info, Url) is not None and isinstance(value, str):
+            node[keys[-1]] = strip_url_credentials(value)
+    return tree
+
+
+def redacted_dump(cfg: BaseModel) -> str:
+    """``redacted(cfg)`` as YAML: the config.yaml logged to MLflow and printed by ``mmclip-dist config``."""
+    return yaml.safe_dump(redacted(cfg), sort_keys=False)
+
+
+def redact_text(text: str, cfg: BaseModel) -> str:
+    """A log line or message with every credential of ``cfg`` (and any URL userinfo) replaced by ``REDACTED``."""
+    for _, secret in sorted(secret_fields(cfg), key=lambda item: -len(item[1])):
+        text = text.replace(secret, REDACTED)
+    return strip_url_credentials(text)
+
+
 def flatten(cfg: Config) -> dict[str, Any]:
-    """``{"train.lr": 1e-6, ...}``: one entry per leaf, for MLflow params and run comparison."""
+    """``{"train.lr": 1e-6, ...}``: one entry per leaf of ``redacted(cfg)``, for MLflow params and run comparison."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -283,7 +463,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk("", cfg.model_dump(mode="json"))
+    walk("", redacted(cfg))
     return out
 
 

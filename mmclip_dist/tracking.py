@@ -9,35 +9,30 @@ the checkpoint, so every attempt of one training job writes into the same MLflow
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from mmclip_dist.config import Config, TrackingConfig, dump_config, flatten
+from mmclip_dist.config import Config, TrackingConfig, flatten, redacted_dump, url_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Anything that looks like a secret is never sent to MLflow, whatever section it sits in.
-_SECRET_KEY = re.compile(r"(secret|password|token|credential|access_key)", re.IGNORECASE)
 _MLFLOW_PARAM_MAX = 6000
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     """Config value, else ``MLFLOW_TRACKING_URI``, else a sqlite file in the working directory."""
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if url_credentials(uri):
+        # MLflow prints "View run <name> at: <tracking URI>/#/..." when a run ends, password included.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return uri
 
 
 def loggable_params(cfg: Config) -> dict[str, str]:
-    """Flattened config for ``log_params``: secrets dropped, credentials stripped from URLs."""
-    params: dict[str, str] = {}
-    for key, value in flatten(cfg).items():
-        if _SECRET_KEY.search(key):
-            continue
-        text = re.sub(r"//[^/@\s]+@", "//", str(value))  # scheme://user:pass@host -> scheme://host
-        params[key] = text[:_MLFLOW_PARAM_MAX]
-    return params
+    """Flattened config for ``log_params``; ``flatten`` already redacted the config's secrets (field markers)."""
+    return {key: str(value)[:_MLFLOW_PARAM_MAX] for key, value in flatten(cfg).items()}
 
 
 def start_run(
@@ -66,7 +61,7 @@ def start_run(
     for start in range(0, len(items), 100):  # MLflow caps params per batch call
         chunk = items[start : start + 100]
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
-    client.log_text(run_id, dump_config(cfg), config_artifact)
+    client.log_text(run_id, redacted_dump(cfg), config_artifact)
     return run_id
 
 

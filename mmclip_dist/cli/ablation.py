@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
+from mmclip_dist.config import strip_url_credentials
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"mmclip-dist ablation: {err}") from err
     result = run_ablation(cfg, modes, variants)
-    print(f"\n=== ablation: {cfg.eval.task}, modes {', '.join(modes)} ({result.tracking_uri}) ===")
+    print(
+        f"\n=== ablation: {cfg.eval.task}, modes {', '.join(modes)} ({strip_url_credentials(result.tracking_uri)}) ==="
+    )
     print_comparison(result.comparison)
     print("runs: " + " ".join(f"{r.variant.name}={r.run_id}" for r in result.runs))
     print(

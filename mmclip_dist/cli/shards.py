@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
+from mmclip_dist.config import strip_url_credentials
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     manifest = result.manifest
-    print(f"output      {result.output}")
+    print(f"output      {strip_url_credentials(result.output)}")
     print(f"labels      {manifest['label_rule']}")
     for split, info in manifest["splits"].items():
         labels = ", ".join(f"{name} {count}" for name, count in info["labels"].items())

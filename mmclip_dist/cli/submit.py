@@ -3,7 +3,8 @@
 Argument parsing and printing only; the Ray Jobs logic (entrypoint, runtime_env, auth token,
 submission, following) is ``mmclip_dist.train.job_submission``. The config and overrides are validated
 here first: a typo fails in a second, not after the cluster has pulled images and started workers.
-``--env NAME`` forwards a local variable by name; values are never printed, only names.
+``--env NAME`` forwards a local variable by name; values are never printed, only names; a job that would
+carry a secret is refused (``job_submission.check_no_secrets``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from mmclip_dist.config import load_config
 from mmclip_dist.train.job_submission import (
     build_entrypoint,
     build_runtime_env,
+    check_no_secrets,
     config_path_for_job,
     follow_job,
-    is_secret_name,
     job_client,
     parse_env,
     resolve_auth_token,
@@ -60,16 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Validate before contacting the cluster; ConfigError names the file and the bad key.
-    load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     job_config = config_path_for_job(args.config, args.working_dir) if args.config else None
     entrypoint = build_entrypoint(job_config, args.overrides, args.resume)
     env_vars = parse_env(args.env, os.environ)
-    for name in sorted(filter(is_secret_name, env_vars)):
-        print(
-            f"[submit] warning: {name} is stored in the job's runtime_env and shown by the dashboard; "
-            "prefer the cluster's Secret (k8s/examples/s3-credentials.secret.yaml)",
-            file=sys.stderr,
-        )
+    check_no_secrets(cfg, env_vars)
     token = resolve_auth_token(args.auth_token, os.environ)
 
     client = job_client(args.address, token)

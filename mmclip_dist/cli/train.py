@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
+from mmclip_dist.config import strip_url_credentials
 from mmclip_dist.train.ray_env import connect_ray
 
 
@@ -25,5 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from mmclip_dist.train.trainer import run_training
 
     result = run_training(cfg)
-    print(f"MLflow run {result.mlflow_run_id} ({result.tracking_uri}); model exported to {result.export_dir}")
+    print(
+        f"MLflow run {result.mlflow_run_id} ({strip_url_credentials(result.tracking_uri)}); "
+        f"model exported to {strip_url_credentials(result.export_dir)}"
+    )
     return 0

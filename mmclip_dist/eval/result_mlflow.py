@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmclip_dist.config import Config
+from mmclip_dist.config import Config, strip_url_credentials
 from mmclip_dist.eval.result import EvalResult
 from mmclip_dist.eval.tasks import describe_source
 from mmclip_dist.tracking import finish_run, require_run, resolve_tracking_uri, start_run
@@ -42,13 +42,16 @@ def log_result(result: EvalResult, cfg: Config, model_ref: str, shards: str | No
             cfg,
             f"eval-{result.task.name}-{result.mode}",
             experiment=cfg.eval.experiment or f"{cfg.tracking.experiment}-eval",
-            extra_params={"eval.model": model_ref, "eval.shards": shards or cfg.data.eval_shards},
+            extra_params={
+                "eval.model": strip_url_credentials(model_ref),
+                "eval.shards": strip_url_credentials(shards or cfg.data.eval_shards),
+            },
             config_artifact="eval_config.yaml",
         )
         created = True
     client = MlflowClient(uri)
     client.set_tag(run_id, f"{prefix}/label_source", result.label_source)
-    client.set_tag(run_id, f"{prefix}/model", model_ref)
+    client.set_tag(run_id, f"{prefix}/model", strip_url_credentials(model_ref))
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in result.mlflow_metrics().items()]
     for start in range(0, len(metrics), 500):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mmclip_dist.config import Config, DataConfig
+from mmclip_dist.config import Config, DataConfig, redact_text
 from mmclip_dist.eval.result import BASELINE_METHODS, MODEL_METHOD, EvalResult
 from mmclip_dist.eval.scoring import Predictions, make_predictions, score
 from mmclip_dist.eval.tasks import Task, get_task
@@ -163,6 +163,11 @@ def _finetune(task: Task, cfg: Config, encoders: dict[str, Any], train: Iterable
     return outputs, details
 
 
+def _redacting(log_fn: Callable[[str], None], cfg: Config) -> Callable[[str], None]:
+    """``log_fn`` with the config's credentials (and any URL userinfo) removed from every line."""
+    return lambda message: log_fn(redact_text(message, cfg))
+
+
 def evaluate(
     cfg: Config, model_ref: str, shards: str | None = None, *, log_fn: Callable[[str], None] = print,
     figures: bool = True,
@@ -170,6 +175,8 @@ def evaluate(
     """Score ``cfg.eval.task`` with ``cfg.eval.mode`` on the test split of ``shards`` (default ``data.eval_shards``)."""
     from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
     from mmclip_dist.tracking import resolve_tracking_uri
+
+    log_fn = _redacting(log_fn, cfg)
 
     started = time.perf_counter()
     task = get_task(cfg.eval.task)

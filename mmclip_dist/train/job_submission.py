@@ -20,12 +20,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mmclip_dist.config import Config, secret_env_names, secret_fields, url_credentials
+
 # Directories never uploaded with the working_dir: environments, run outputs, data. Ray also
 # honours .gitignore, but these are large enough to hit the 500 MiB upload limit if ignored.
 WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "mlruns", "shards", "**/__pycache__", "*.egg-info"]
-
-# Name fragments of variables whose values must never reach the terminal or the logs.
-_SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL")
 
 
 class SubmitError(RuntimeError):
@@ -79,10 +78,27 @@ def parse_env(items: list[str], local_env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def is_secret_name(name: str) -> bool:
-    """Whether a variable's value must be kept off the terminal."""
-    upper = name.upper()
-    return any(marker in upper for marker in _SECRET_MARKERS)
+def check_no_secrets(cfg: Config, env_vars: Mapping[str, str]) -> None:
+    """Refuse a job that would carry a credential in its entrypoint or runtime_env (names only in the error).
+
+    A job's entrypoint, runtime_env and metadata are shown to anyone who can read the dashboard: a config
+    field marked ``Secret`` (the id salt), a ``user:password@`` in a ``Url`` field, a credential variable
+    (``config.secret_env_names``) or a URL with credentials in ``--env`` never go there; the cluster's own
+    Secret (the pods' environment) carries them.
+    """
+    problems = [f"{name} is a secret config field" for name, _ in secret_fields(cfg)]
+    secret_env = set(secret_env_names())
+    for name, value in sorted(env_vars.items()):
+        if name in secret_env:
+            problems.append(f"--env {name} is a credential variable")
+        elif url_credentials(value):
+            problems.append(f"--env {name} holds a URL with user:password@")
+    if problems:
+        raise SubmitError(
+            "refusing to put secrets into the Ray job (its entrypoint and runtime_env are shown by the dashboard "
+            "and the job API): " + "; ".join(dict.fromkeys(problems)) + ". Give them to the cluster through its "
+            "Secret instead (pod environment: " + ", ".join(sorted(secret_env)) + "; k8s/examples/)"
+        )
 
 
 def config_path_for_job(config: str, working_dir: str) -> str:

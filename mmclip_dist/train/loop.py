@@ -15,7 +15,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from mmclip_dist.config import Config
+from mmclip_dist.config import Config, secret_env_names
 from mmclip_dist.losses.distributed import mean_across_ranks
 from mmclip_dist.tracking import RunLogger
 from mmclip_dist.train.callbacks import load_step_callback
@@ -113,8 +113,12 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
+    secret = set(secret_env_names())
     for name, value in os.environ.items():
-        # The project's own variables (MMCLIP_*: id salt, callback settings) follow the driver to every worker.
-        if name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") or name.startswith("MMCLIP_"):
+        # The project's own variables (MMCLIP_*: callback settings) follow the driver to every worker; credentials
+        # (the id salt) do not: a worker's runtime_env is shown by Ray's dashboard and state API.
+        if (name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") or name.startswith("MMCLIP_")) and (
+            name not in secret
+        ):
             env[name] = value
     return env

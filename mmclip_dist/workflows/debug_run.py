@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmclip_dist.config import Config
+from mmclip_dist.config import Config, strip_url_credentials
 
 
 @dataclass
@@ -33,7 +33,7 @@ class DebugSummary:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000"
+        return f"mlflow ui --backend-store-uri {strip_url_credentials(self.tracking_uri)} --host 127.0.0.1 --port 5000"
 
 
 def training_reports(shard_paths: list[Path]) -> list[str]:

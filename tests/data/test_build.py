@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmclip_devtools.fixtures.datasets import finding, no_finding, vindr_rows, write_image, write_vindr
 from mmclip_dist.cli.main import main as cli_main
-from mmclip_dist.config import ShardsConfig, SyntheticConfig
+from mmclip_dist.config import REDACTED, ShardsConfig, SyntheticConfig
 from mmclip_dist.data.build.builder import assign_split, build_shards
 from mmclip_dist.data.build.deid import SaltError
 from mmclip_dist.data.build.shard_writer import ShardSink, verify_output
@@ -120,11 +120,14 @@ def test_salt_changes_keys_and_real_data_needs_one(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("MMCLIP_ID_SALT", raising=False)
     with pytest.raises(SaltError, match="MMCLIP_ID_SALT"):
         build_shards(_cfg(root, tmp_path / "out"), progress=False)
-    a = build_shards(_cfg(root, tmp_path / "a", salt="one", processes=1), progress=False)
-    monkeypatch.setenv("MMCLIP_ID_SALT", "two")
+    a = build_shards(_cfg(root, tmp_path / "a", salt="salt-one-0123456789", processes=1), progress=False)
+    monkeypatch.setenv("MMCLIP_ID_SALT", "salt-two-0123456789")
     build_shards(_cfg(root, tmp_path / "b", processes=1), progress=False)
     assert set(read_samples(tmp_path / "a")).isdisjoint(read_samples(tmp_path / "b"))
-    assert a.manifest["config"]["salt"] == "<set>"
+    assert a.manifest["config"]["salt"] == REDACTED
+    monkeypatch.setenv("MMCLIP_ID_SALT", "two")
+    with pytest.raises(SaltError, match="MMCLIP_ID_SALT is 3 characters; an id salt must be at least 16"):
+        build_shards(_cfg(root, tmp_path / "c", processes=1), progress=False)
 
 
 def test_assign_split_is_a_stable_fraction() -> None:
@@ -204,7 +207,7 @@ def test_bad_inputs_are_named_rejects_and_the_cli_fails(tmp_path: Path, capsys: 
         "--no-progress",
         f"shards.input={root}",
         f"shards.output={out}",
-        "shards.salt=s",
+        "shards.salt=test-salt-0123456789",
         "shards.processes=2",
         f"shards.image_size=[{SIZE[0]}, {SIZE[1]}]",
     ]
@@ -274,7 +277,14 @@ def test_cbis_masks_matched_by_size_and_boxes_from_masks(tmp_path: Path) -> None
     write_csv(tmp_path / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, rows)
     out = tmp_path / "out"
     result = build_shards(
-        ShardsConfig(dataset="cbis", input=str(tmp_path), output=str(out), image_size=SIZE, salt="s", processes=1),
+        ShardsConfig(
+            dataset="cbis",
+            input=str(tmp_path),
+            output=str(out),
+            image_size=SIZE,
+            salt="test-salt-0123456789",
+            processes=1,
+        ),
         progress=False,
     )
     assert result.rejects == [] and result.manifest["label_source"] == "pathology"
@@ -324,7 +334,7 @@ def test_generic_build_uses_given_reports_and_png_masks(tmp_path: Path) -> None:
             input=str(csv_path),
             output=str(out),
             image_size=SIZE,
-            salt="s",
+            salt="test-salt-0123456789",
             processes=1,
             test_fraction=0.0,
         ),

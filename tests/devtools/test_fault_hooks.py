@@ -52,3 +52,11 @@ def test_worker_env_forwards_only_the_hook_variables_that_are_set(monkeypatch: p
     env = worker_env(use_gpu=False)
     assert env[PID_DIR_ENV] == "/tmp/pids" and env["DS_ACCELERATOR"] == "cpu"
     assert STOP_AFTER_ENV not in env and STEP_SLEEP_ENV not in env
+
+
+def test_worker_env_never_carries_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker's runtime_env is shown by Ray's state API: the id salt stays with the driver.
+    monkeypatch.setenv("MMCLIP_ID_SALT", "planted-salt-0123456789")
+    monkeypatch.setenv("MMCLIP_TEST_STEP_SLEEP", "0.5")
+    env = worker_env(use_gpu=False)
+    assert "MMCLIP_ID_SALT" not in env and env["MMCLIP_TEST_STEP_SLEEP"] == "0.5"

@@ -257,6 +257,58 @@ def pod_templates(doc: Doc) -> Iterator[tuple[str, Doc]]:
             yield f"{name} worker group {group['groupName']}", group["template"]
 
 
+def all_pod_templates(doc: Doc) -> Iterator[tuple[str, Doc]]:
+    """``pod_templates`` plus the RayJob's submitter pod: every pod an object makes."""
+    yield from pod_templates(doc)
+    if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
+        yield f"RayJob/{doc['metadata']['name']} submitter", doc["spec"]["submitterPodTemplate"]
+
+
+# Volume types the "restricted" Pod Security Standard allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}  # fmt: skip
+
+
+def restricted_violations(template: Doc) -> list[str]:
+    """What keeps a pod template from the Kubernetes "restricted" Pod Security Standard (pod-security.kubernetes.io,
+    v1.37): privilege escalation, capabilities, seccomp, non-root, host namespaces / ports / paths, volume types."""
+    pod = template["spec"]
+    pod_sc = pod.get("securityContext") or {}
+    problems = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{key} is true")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)} not allowed")
+    if pod_sc.get("runAsUser") == 0:
+        problems.append("pod runAsUser is 0")
+    containers = [*pod.get("initContainers", []), *pod.get("containers", []), *pod.get("ephemeralContainers", [])]
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = c.get("name", "?")
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {caps['add']}")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) in (0, None):
+            problems.append(f"{name}: no non-root runAsUser (the image's user is not checked here)")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp!r}, not RuntimeDefault/Localhost")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+    return problems
+
+
 def ray_cluster_spec(doc: Doc) -> Doc:
     return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
 

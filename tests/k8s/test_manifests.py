@@ -3,7 +3,9 @@ commands the real CLI accepts with configs that validate, and fit the cluster th
 
 from __future__ import annotations
 
+import configparser
 import copy
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ K8S_VERSION = "1.37.0"
 # The image's WORKDIR (Dockerfile) holds the repo; entrypoints name configs by absolute path in it.
 IMAGE_WORKDIR = "/app"
 SECRET_NAME = "mmclip-s3"
+MLFLOW_AUTH_SECRET = "mlflow-auth"
 
 
 def parse_quantity(value: str | int | float) -> float:
@@ -49,9 +52,12 @@ def test_overlay_renders_expected_kinds(k8s: Any, overlay: str, docs: list[dict]
         "debug": [
             "ConfigMap",
             "ConfigMap",
+            "ConfigMap",
             "Deployment",
             "Deployment",
             "Job",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "PersistentVolumeClaim",
             "RayJob",
@@ -61,16 +67,28 @@ def test_overlay_renders_expected_kinds(k8s: Any, overlay: str, docs: list[dict]
         "dev": [
             "ConfigMap",
             "ConfigMap",
+            "ConfigMap",
             "Deployment",
             "Deployment",
             "Job",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "PersistentVolumeClaim",
             "RayCluster",
             "Service",
             "Service",
         ],
-        "prod": ["ConfigMap", "ConfigMap", "Deployment", "PersistentVolumeClaim", "RayJob", "Service"],
+        "prod": [
+            "ConfigMap",
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "RayJob",
+            "Service",
+        ],
     }[overlay]
     assert kinds == expected
     namespace = {"debug": "mmclip-debug", "dev": "mmclip-dev", "prod": "mmclip"}[overlay]
@@ -156,7 +174,7 @@ def test_ray_resources_validate_against_kuberay_crds(k8s: Any, docs: list[dict])
         assert not errors, f"{doc['kind']}/{doc['metadata']['name']}:\n" + "\n".join(errors)
         # The CRD leaves metadata and embedded pod templates loosely typed in places; check the pods
         # against the core Pod schema as well.
-        for where, template in k8s.pod_templates(doc):
+        for where, template in k8s.all_pod_templates(doc):
             pod = {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -320,11 +338,199 @@ def test_rayjob_cluster_matches_raycluster(k8s: Any) -> None:
 
 
 def test_example_secret_is_not_applied(k8s: Any) -> None:
-    example = k8s.K8S / "examples" / "s3-credentials.secret.yaml"
-    secret = yaml.safe_load(example.read_text())
-    assert secret["metadata"]["name"] == SECRET_NAME
-    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    assert all(v.startswith("REPLACE_WITH_") for v in secret["stringData"].values())
-    _validate_core(secret)
+    expected = {
+        "s3-credentials.secret.yaml": (SECRET_NAME, {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}),
+        "mlflow-auth.secret.yaml": (MLFLOW_AUTH_SECRET, {"admin_password", "flask_secret_key"}),
+    }
+    for name, (secret_name, keys) in expected.items():
+        secret = yaml.safe_load((k8s.K8S / "examples" / name).read_text())
+        assert secret["metadata"]["name"] == secret_name
+        assert set(secret["stringData"]) == keys
+        assert all(v.startswith("REPLACE_WITH_") for v in secret["stringData"].values())
+        _validate_core(secret)
     for kfile in k8s.K8S.rglob("kustomization.yaml"):
         assert "examples" not in kfile.read_text(), f"{kfile} references the example Secret"
+
+
+# --- security: restricted pods, deadlines, who reaches MLflow, S3 credentials ---------------------
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(k8s: Any, docs: list[dict]) -> None:
+    pods = [(where, t) for doc in docs for where, t in k8s.all_pod_templates(doc)]
+    assert len(pods) >= 4
+    for where, template in pods:
+        assert k8s.restricted_violations(template) == [], where
+
+
+def test_restricted_check_rejects_an_unrestricted_pod(k8s: Any) -> None:
+    job = next(d for d in k8s.render("prod") if d["kind"] == "RayJob")
+    template = next(t for where, t in k8s.all_pod_templates(job) if "head" in where)
+    assert k8s.restricted_violations(template) == []
+    bare = copy.deepcopy(template)
+    del bare["spec"]["securityContext"]
+    del bare["spec"]["containers"][0]["securityContext"]
+    assert k8s.restricted_violations(bare) == [
+        "ray-head: allowPrivilegeEscalation is not false",
+        "ray-head: capabilities do not drop ALL",
+        "ray-head: runAsNonRoot is not true",
+        "ray-head: no non-root runAsUser (the image's user is not checked here)",
+        "ray-head: seccompProfile is None, not RuntimeDefault/Localhost",
+    ]
+    # Each rule on its own: undo one setting of the compliant pod at a time.
+    for path, value, message in [
+        (("containers", 0, "securityContext", "allowPrivilegeEscalation"), True, "allowPrivilegeEscalation"),
+        (("containers", 0, "securityContext", "capabilities", "drop"), ["NET_RAW"], "do not drop ALL"),
+        (("containers", 0, "securityContext", "privileged"), True, "privileged"),
+        (("securityContext", "runAsUser"), 0, "runAsUser is 0"),
+        (("securityContext", "seccompProfile", "type"), "Unconfined", "seccompProfile is 'Unconfined'"),
+        (("hostNetwork",), True, "hostNetwork"),
+        (("volumes", 0), {"name": "dshm", "hostPath": {"path": "/dev/shm"}}, "hostPath"),
+    ]:
+        pod = copy.deepcopy(template)
+        node = pod["spec"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        problems = k8s.restricted_violations(pod)
+        assert any(message in p for p in problems), (path, problems)
+
+
+def test_rayjobs_have_a_deadline(docs: list[dict]) -> None:
+    for job in (d for d in docs if d["kind"] == "RayJob"):
+        deadline = job["spec"]["activeDeadlineSeconds"]
+        assert 600 <= deadline <= 14 * 86400, deadline
+
+
+def _containers_of(docs: list[dict], kind: str, name: str) -> list[dict]:
+    doc = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+    return _all_containers(doc)
+
+
+def test_mlflow_behind_basic_auth_and_reachable_only_from_ray_pods(k8s: Any, docs: list[dict]) -> None:
+    mlflow = _containers_of(docs, "Deployment", "mlflow")[0]
+    args = mlflow["args"]
+    assert args[args.index("--app-name") + 1] == "basic-auth"
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in mlflow["env"] if "valueFrom" in e}
+    assert secret_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == {"name": MLFLOW_AUTH_SECRET, "key": "admin_password"}
+    assert secret_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == {"name": MLFLOW_AUTH_SECRET, "key": "flask_secret_key"}
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlflow-config")["data"]
+    ini = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlflow-auth")["data"]
+    mount = next(m for m in mlflow["volumeMounts"] if config["MLFLOW_AUTH_CONFIG_PATH"].startswith(m["mountPath"]))
+    assert config["MLFLOW_AUTH_CONFIG_PATH"] == f"{mount['mountPath']}/basic_auth.ini" and "basic_auth.ini" in ini
+    parsed = configparser.ConfigParser()
+    parsed.read_string(ini["basic_auth.ini"])
+    assert "admin_password" not in parsed["mlflow"]  # from the Secret only
+    assert parsed["mlflow"]["database_uri"].startswith("sqlite:////mlflow/")  # on the volume: users survive restarts
+    env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mmclip-env")["data"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == parsed["mlflow"]["admin_username"]
+    ray_docs = [d for d in docs if d["kind"] in ("RayJob", "RayCluster")]
+    for doc in ray_docs:
+        for where, template in k8s.pod_templates(doc):
+            env_refs = {
+                e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in template["spec"]["containers"][0]["env"]
+            }
+            assert env_refs["MLFLOW_TRACKING_PASSWORD"] == {"name": MLFLOW_AUTH_SECRET, "key": "admin_password"}, where
+    # The NetworkPolicy selects the MLflow pods and admits only pods KubeRay labels as Ray head or worker.
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mlflow")
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    [source] = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector / ipBlock: same namespace, Ray pods only
+    assert source["podSelector"] == {
+        "matchExpressions": [{"key": "ray.io/node-type", "operator": "In", "values": ["head", "worker"]}]
+    }
+    assert [p["port"] for p in rule["ports"]] == ["http"]
+
+
+def test_seaweedfs_requires_s3_credentials(docs: list[dict]) -> None:
+    if not any(d["kind"] == "Deployment" and d["metadata"]["name"] == "seaweedfs" for d in docs):
+        pytest.skip("this overlay uses an external S3 store")
+    [weed] = _containers_of(docs, "Deployment", "seaweedfs")
+    script = weed["args"][0]
+    config = re.search(r"-s3\.config=(\S+)", script)
+    assert config, "the S3 gateway runs without an identity file: anonymous access"
+    # The identity file is written from the Secret's key pair (not optional: no Secret, no pod).
+    assert f"> {config.group(1)}" in script and '"$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"' in script
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in weed["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert refs[key] == {"name": SECRET_NAME, "key": key}
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "seaweedfs")
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["s3"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_mlflow_basic_auth_config_works_with_the_installed_mlflow(k8s: Any, tmp_path: Path) -> None:
+    """The MLflow server command, auth ini and environment of the manifests, run locally: anonymous and
+    wrong-password requests are refused, the Secret's password (as the Ray pods send it) is accepted."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from mmclip_dist.loopback import free_loopback_ports
+
+    docs = k8s.render("prod")
+    [mlflow] = _containers_of(docs, "Deployment", "mlflow")
+    ini = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlflow-auth")["data"]
+    username = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mmclip-env")["data"][
+        "MLFLOW_TRACKING_USERNAME"
+    ]
+    # The manifest's paths (/mlflow on the volume) moved under tmp_path.
+    (tmp_path / "basic_auth.ini").write_text(
+        ini["basic_auth.ini"].replace("sqlite:////mlflow/", f"sqlite:///{tmp_path}/")
+    )
+    [port] = free_loopback_ports(1)
+    args = list(mlflow["args"])
+    args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", str(port)
+    args[args.index("--workers") + 1] = "1"
+    password = "admin-pw-" + os.urandom(8).hex()
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "server.log").open("wb")
+    cmd = [sys.executable, "-m", "mlflow", "server", *args, "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+           "--artifacts-destination", (tmp_path / "artifacts").as_uri()]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def status(user: str | None, pw: str | None) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1")
+        if user is not None:
+            token = base64.b64encode(f"{user}:{pw}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert status(None, None) == 401
+        assert status(username, "wrong") == 401
+        assert status(username, password) == 200
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()

@@ -61,12 +61,25 @@ def test_parse_env() -> None:
         job_submission.parse_env(["A-B=2"], local)
 
 
-def test_secret_names() -> None:
-    assert [
-        n
-        for n in ("AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
-        if job_submission.is_secret_name(n)
-    ] == ["AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"]
+def test_secrets_never_go_into_a_job() -> None:
+    from mmclip_dist.config import load_config
+
+    plain = load_config(REPO / "launch/configs/debug.yaml", ["tracking.tracking_uri=http://mlflow:5000"])
+    job_submission.check_no_secrets(
+        plain, {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_ENDPOINT_URL": "http://s3"}
+    )
+    salted = load_config(
+        REPO / "launch/configs/debug.yaml",
+        ["shards.salt=planted-salt-0123456789", "train.storage_endpoint=http://AKID:planted-key@s3:8333"],
+    )
+    with pytest.raises(job_submission.SubmitError) as err:
+        job_submission.check_no_secrets(salted, {})
+    assert "shards.salt" in str(err.value) and "train.storage_endpoint" in str(err.value)
+    assert "planted" not in str(err.value)
+    for env in ({"AWS_SECRET_ACCESS_KEY": "planted"}, {"MMCLIP_ID_SALT": "planted"}, {"X": "s3://a:planted@h"}):
+        with pytest.raises(job_submission.SubmitError, match=next(iter(env))) as err:
+            job_submission.check_no_secrets(plain, env)
+        assert "planted" not in str(err.value)
 
 
 def test_config_path_for_job(tmp_path: Path) -> None:

@@ -21,16 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmclip_dist.config import ShardsConfig
+from mmclip_dist.config import ShardsConfig, redacted
 from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
 from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
 from mmclip_dist.data.build.reports import load_rewriter
-from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
-from mmclip_dist.data.build.sample_files import PNG_COMPRESS_LEVEL, Sample, SampleSpec, breast_key, \
-    make_sample, patient_key
-from mmclip_dist.data.synthetic import TRUTH_FILE
+from mmclip_dist.data.build.sample_files import (
+    PNG_COMPRESS_LEVEL,
+    Sample,
+    SampleSpec,
+    breast_key,
+    make_sample,
+    patient_key,
+)
 from mmclip_dist.data.build.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
+from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
+from mmclip_dist.data.synthetic import TRUTH_FILE
 
 LABEL_NAMES = {"1": "malignant", "0": "benign", "-1": "unknown"}
 
@@ -100,8 +106,11 @@ def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]
 
 def _fingerprint(cfg: ShardsConfig, salt: str, splits: dict[str, list[tuple[str, BreastRecord]]]) -> str:
     """Keyed digest of everything that decides the output bytes; a resumed build must match it."""
-    content = {k: v for k, v in cfg.model_dump(mode="json").items()
-               if k not in ("input", "output", "processes", "resume", "salt", "max_reject_fraction", "s3_endpoint")}
+    content = {
+        k: v
+        for k, v in cfg.model_dump(mode="json").items()
+        if k not in ("input", "output", "processes", "resume", "salt", "max_reject_fraction", "s3_endpoint")
+    }
     digest = hmac.new(salt.encode(), digestmod=hashlib.sha256)
     digest.update(json.dumps([SCHEMA_VERSION, PNG_COMPRESS_LEVEL, content], sort_keys=True).encode())
     for split, items in sorted(splits.items()):
@@ -134,13 +143,20 @@ def _results(records: list[BreastRecord], spec: SampleSpec, pool: Any) -> Iterat
 def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
     """Build (or resume building) the shards described by ``cfg`` and return what was written."""
     splits, adapter_rejects, label_source, salt, fingerprint = prepare(cfg)
-    spec = SampleSpec(image_size=cfg.image_size, flip_to=cfg.flip_to, salt=salt,
-                      rewriter=load_rewriter(cfg.report_rewriter))
+    spec = SampleSpec(
+        image_size=(cfg.image_size[0], cfg.image_size[1]),
+        flip_to=cfg.flip_to,
+        salt=salt,
+        rewriter=load_rewriter(cfg.report_rewriter),
+        phi_policy=cfg.phi_policy,
+        allow_burned_in=cfg.allow_burned_in,
+    )
     sink = ShardSink(cfg.output, cfg.s3_endpoint)
     # The manifest marks a finished build; remove it first so a half-rebuilt output never looks finished.
     sink.delete(MANIFEST)
     sink.clean_staging()
 
+    deid.load_detector()
     pool = None
     if cfg.processes > 1:
         # fork: workers inherit the imported modules, so start-up costs milliseconds, not an interpreter.
@@ -151,13 +167,13 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
         for split, items in splits.items():
             resume = load_resume(sink, split, fingerprint) if cfg.resume else None
             writer = SplitWriter(sink, split, fingerprint, cfg.shard_max_bytes, cfg.shard_max_samples, resume)
-            todo = [record for _, record in items[writer.position:]]
+            todo = [record for _, record in items[writer.position :]]
             bar = _progress(len(items), writer.position, split, progress)
             for result in _results(todo, spec, pool):
                 if isinstance(result, Reject):
                     writer.add_reject(result)
                 else:
-                    writer.add_sample(result.key, result.files, result.label)
+                    writer.add_sample(result.key, result.files, result.label, result.deid)
                 bar.update(1)
             bar.close()
             shards = writer.finish()
@@ -171,16 +187,22 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
             pool.join()
         sink.close()
 
-    rejects = [r.to_json() for r in adapter_rejects] + shard_rejects
+    # Adapter rejects quote CSV cells (a bad label, a bad box): the PHI detector redacts whatever they hold.
+    rejects = [{**r.to_json(), "detail": deid.redact_phi(r.detail)} for r in adapter_rejects] + shard_rejects
     manifest = _manifest(cfg, splits, all_shards, rejects, label_source, fingerprint)
     write_manifest(sink, manifest, rejects)
     return BuildResult(output=cfg.output, manifest=manifest, shards=all_shards, rejects=rejects)
 
 
-def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]]], shards: list[ShardInfo],
-              rejects: list[dict[str, str]], label_source: str, fingerprint: str) -> dict[str, Any]:
-    config = cfg.model_dump(mode="json")
-    config["salt"] = "<set>" if config["salt"] else ""  # the salt is a secret: never written out
+def _manifest(
+    cfg: ShardsConfig,
+    splits: dict[str, list[tuple[str, BreastRecord]]],
+    shards: list[ShardInfo],
+    rejects: list[dict[str, str]],
+    label_source: str,
+    fingerprint: str,
+) -> dict[str, Any]:
+    config = redacted(cfg)  # the salt and URL credentials are secrets (config field markers): never written out
     split_info: dict[str, dict[str, Any]] = {}
     for split in splits:
         mine = [s for s in shards if s.split == split]
@@ -194,8 +216,10 @@ def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]
         }
     samples = sum(info["samples"] for info in split_info.values())
     if label_source == "birads_proxy":
-        rule = (f"BI-RADS proxy, not pathology: breast BI-RADS >= {cfg.birads_malignant_min} malignant, "
-                f"<= {cfg.birads_benign_max} benign, otherwise unknown (-1)")
+        rule = (
+            f"BI-RADS proxy, not pathology: breast BI-RADS >= {cfg.birads_malignant_min} malignant, "
+            f"<= {cfg.birads_benign_max} benign, otherwise unknown (-1)"
+        )
     else:
         rule = "pathology (biopsy-proven or dataset cancer label)"
     return {
@@ -205,15 +229,38 @@ def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]
         "label_rule": rule,
         "inputs": samples + len(rejects),
         "samples": samples,
-        "rejects": {"total": len(rejects),
-                    "lost": sum(r["reason"] not in UNUSED_IMAGE_REASONS for r in rejects),
-                    "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items()))},
+        "rejects": {
+            "total": len(rejects),
+            "lost": sum(r["reason"] not in UNUSED_IMAGE_REASONS for r in rejects),
+            "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        },
         "splits": split_info,
-        "shards": [{"name": s.name, "split": s.split, "samples": s.samples, "sha256": s.sha256, "bytes": s.bytes}
-                   for s in shards],
+        "shards": [
+            {"name": s.name, "split": s.split, "samples": s.samples, "sha256": s.sha256, "bytes": s.bytes}
+            for s in shards
+        ],
         "image_size": list(cfg.image_size),
+        "deid": _deid_summary(cfg, shards, rejects),
         "fingerprint": fingerprint,
         "config": config,
+    }
+
+
+def _deid_summary(cfg: ShardsConfig, shards: list[ShardInfo], rejects: list[dict[str, str]]) -> dict[str, Any]:
+    """What de-identification did: texts rejected or redacted for PHI, burned-in images rejected or kept."""
+    done: Counter[str] = Counter()
+    for shard in shards:
+        done.update(shard.deid)
+    reasons = Counter(r["reason"] for r in rejects)
+    return {
+        "phi_policy": cfg.phi_policy,
+        "phi_detector": deid.detector_version(),
+        "rejected_phi_in_text": reasons[deid.PHI_REASON],
+        "samples_phi_redacted": done["phi_redacted"],
+        "identifiers_removed": done["identifiers_removed"],
+        "allow_burned_in": cfg.allow_burned_in,
+        "rejected_burned_in": reasons[deid.BURNED_IN_REASON],
+        "samples_burned_in_kept": done["burned_in_kept"],
     }
 
 
@@ -230,5 +277,4 @@ def _progress(total: int, done: int, split: str, enabled: bool) -> Any:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc=f"shards {split}", unit="breast", file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=f"shards {split}", unit="breast", file=sys.stderr, dynamic_ncols=True)

@@ -22,7 +22,7 @@ import math
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import UID
+
+from mmclip_dist.data.build.deid import BURNED_IN_ATTRIBUTES, HEADER_IDENTIFIERS
 
 # Transfer syntaxes we decode; pydicom dispatches them to its own decoders or to pylibjpeg plug-ins.
 SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {
@@ -87,6 +89,10 @@ class DecodedImage:
     scale: tuple[float, float] = (1.0, 1.0)
     voi: str = "minmax"  # which VOI step was applied: "voi_lut", "window", "minmax"
     photometric: str = "MONOCHROME2"
+    # De-identification inputs (never written out): the header's identifying values, by attribute
+    # (keys of deid.HEADER_IDENTIFIERS), and the attributes among deid.BURNED_IN_ATTRIBUTES that say YES.
+    identifiers: dict[str, list[str]] = field(default_factory=dict)
+    burned_in: tuple[str, ...] = ()
 
 
 def decode_dicom(source: str | Path | bytes, min_size: tuple[int, int] | None = None) -> DecodedImage:
@@ -123,7 +129,27 @@ def decode_dicom(source: str | Path | bytes, min_size: tuple[int, int] | None = 
         scale=(h / rows, w / cols),
         voi=voi,
         photometric=photometric,
+        identifiers=header_identifiers(ds),
+        burned_in=tuple(k for k in BURNED_IN_ATTRIBUTES if (_first_str(ds, k) or "") == "YES"),
     )
+
+
+def header_identifiers(ds: pydicom.Dataset) -> dict[str, list[str]]:
+    """The values of the identifying attributes (``deid.HEADER_IDENTIFIERS``) a data set holds, including the
+    ids in OtherPatientIDsSequence; multi-valued attributes give one entry per value."""
+    out: dict[str, list[str]] = {}
+    for keyword in HEADER_IDENTIFIERS:
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+        texts = [str(v).strip() for v in values if str(v).strip()]
+        if texts:
+            out[keyword] = texts
+    for item in ds.get("OtherPatientIDsSequence", None) or []:
+        if str(item.get("PatientID", "")).strip():
+            out.setdefault("OtherPatientIDs", []).append(str(item.PatientID).strip())
+    return out
 
 
 def _to_display(ds: pydicom.Dataset, stored: np.ndarray, photometric: str) -> tuple[np.ndarray, str]:
@@ -242,9 +268,7 @@ def _decode_full(ds: pydicom.Dataset, name: str, syntax: str) -> np.ndarray:
     if not UID(syntax).is_compressed:
         expected = _expected_native_bytes(ds)
         if len(ds.PixelData) < expected:
-            raise DicomDecodeError(
-                name, "truncated", f"pixel data has {len(ds.PixelData)} bytes, {expected} expected"
-            )
+            raise DicomDecodeError(name, "truncated", f"pixel data has {len(ds.PixelData)} bytes, {expected} expected")
     try:
         return ds.pixel_array
     except Exception as err:

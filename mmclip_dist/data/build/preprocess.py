@@ -196,8 +196,7 @@ def _mask_to_grid(mask: np.ndarray, img: DecodedImage, shape: tuple[int, int]) -
     if m.shape == tuple(img.original_shape):
         return np.asarray(Image.fromarray(m.astype(np.uint8)).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
     raise ValueError(
-        f"mask shape {m.shape} matches neither the DICOM grid {tuple(img.original_shape)} "
-        f"nor the decoded grid {shape}"
+        f"mask shape {m.shape} matches neither the DICOM grid {tuple(img.original_shape)} nor the decoded grid {shape}"
     )
 
 

@@ -56,8 +56,9 @@ def _subject(label: str) -> tuple[str, bool]:
     return text[0].upper() + text[1:], phrases[0] in _PLURAL
 
 
-def describe_location(box: tuple[float, float, float, float], content: tuple[float, float, float, float],
-                      view: str, chest_wall: str) -> str:
+def describe_location(
+    box: tuple[float, float, float, float], content: tuple[float, float, float, float], view: str, chest_wall: str
+) -> str:
     """Region of a box: vertical third (outer/inner on CC, upper/lower on MLO) and depth from the chest wall.
 
     ``content`` (x0, y0, x1, y1) is the part of the stored image holding the breast (padding excluded),
@@ -88,9 +89,18 @@ def pathology_line(label_malignant: int, label_source: str) -> str:
     return f"Pathology: {word}."
 
 
-def view_report(*, laterality: str, view: str, density: str | None, birads: int | None,
-                findings: list[Finding], content: tuple[float, float, float, float], chest_wall: str,
-                label_malignant: int, label_source: str) -> str:
+def view_report(
+    *,
+    laterality: str,
+    view: str,
+    density: str | None,
+    birads: int | None,
+    findings: list[Finding],
+    content: tuple[float, float, float, float],
+    chest_wall: str,
+    label_malignant: int,
+    label_source: str,
+) -> str:
     """The template report of one view (deterministic: same inputs, same text)."""
     sentences = []
     for finding in findings:
@@ -105,16 +115,19 @@ def view_report(*, laterality: str, view: str, density: str | None, birads: int 
             sentences.append(f"{subject} {verb} observed.")
     if not sentences:
         # A malignant breast without region annotations (RSNA) is not "normal": say what we know.
-        sentences.append("No region-level annotation is available." if label_malignant == 1
-                         else "No suspicious findings.")
+        sentences.append(
+            "No region-level annotation is available." if label_malignant == 1 else "No suspicious findings."
+        )
     if birads is not None:
         sentences.append(f"Breast assessment: BI-RADS {birads}.")
-    return "\n".join([
-        f"Projection Position: {laterality}{view.upper()}",
-        f"Breast Density: {density}." if density else "Breast Density: not reported.",
-        "Radiological Description: " + " ".join(sentences),
-        pathology_line(label_malignant, label_source),
-    ])
+    return "\n".join(
+        [
+            f"Projection Position: {laterality}{view.upper()}",
+            f"Breast Density: {density}." if density else "Breast Density: not reported.",
+            "Radiological Description: " + " ".join(sentences),
+            pathology_line(label_malignant, label_source),
+        ]
+    )
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ and paths, so a bad file never crashes the build and never leaks an identifier.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import imagecodecs
@@ -20,8 +20,8 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.dicom import DecodedImage, DicomDecodeError, decode_dicom
 from mmclip_dist.data.build.preprocess import chest_wall_side, preprocess_view
 from mmclip_dist.data.build.records import BreastRecord, Reject, ViewRecord
-from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 from mmclip_dist.data.build.reports import Finding, ReportRewriter, view_report
+from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 
 # zlib level of the PNGs: 1 is several times faster than the default 6 for a few % larger 16-bit images,
 # and encoding sits on the critical path of every build.
@@ -36,6 +36,8 @@ class SampleSpec:
     flip_to: str
     salt: str
     rewriter: ReportRewriter | None = None
+    phi_policy: str = "reject"  # shards.phi_policy
+    allow_burned_in: bool = False  # shards.allow_burned_in
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Sample:
     key: str
     files: dict[str, bytes]
     label: int
+    deid: dict[str, int] = field(default_factory=dict)  # what de-identification did (summed in the manifest)
 
 
 class _Rejected(Exception):
@@ -78,43 +81,90 @@ def make_sample(record: BreastRecord, spec: SampleSpec) -> Sample | Reject:
     """Build the sample of one breast, or the reason it cannot be built."""
     try:
         return _make_sample(record, spec)
+    except deid.PhiFound as err:  # the message names the text and the PHI types, never the text itself
+        return Reject(record.source, deid.PHI_REASON, str(err))
     except _Rejected as err:
         return Reject(record.source, err.reason, deid.scrub(err.detail, record.raw_identifiers()))
     except DicomDecodeError as err:
         return Reject(record.source, err.reason, deid.scrub(err.detail, record.raw_identifiers()))
     except OSError as err:  # mask or image vanished / lost permission between listing and decoding
-        return Reject(record.source, "unreadable", deid.scrub(f"{type(err).__name__}: {err}",
-                                                               record.raw_identifiers()))
+        return Reject(record.source, "unreadable", deid.scrub(f"{type(err).__name__}: {err}", record.raw_identifiers()))
 
 
 def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
     files: dict[str, bytes] = {}
     views_json: dict[str, Any] = {}
+    # Both headers are read before any text is written: a report of one view may quote the other's ids.
+    decoded_views = {view: decode_dicom(record.views[view].path, min_size=spec.image_size) for view in VIEWS}
+    known = deid.KnownIdentifiers()
+    known.add_raw_ids(record.raw_identifiers())
+    burned_in: set[str] = set()
+    for view, decoded in decoded_views.items():
+        known.add_header(decoded.identifiers)
+        if decoded.burned_in and not spec.allow_burned_in:
+            raise _Rejected(
+                deid.BURNED_IN_REASON,
+                f"{view.upper()}: DICOM {' and '.join(decoded.burned_in)} = YES (identifying text or "
+                "features in the pixels); shards.allow_burned_in=true keeps such images",
+            )
+        burned_in.update(decoded.burned_in)
+    cleaner = deid.TextCleaner(known, spec.phi_policy)
     for view in VIEWS:
         vrec = record.views[view]
-        decoded = decode_dicom(vrec.path, min_size=spec.image_size)
+        decoded = decoded_views[view]
         if decoded.laterality in ("L", "R") and decoded.laterality != record.laterality:
-            raise _Rejected("laterality_mismatch",
-                            f"{view.upper()}: DICOM ImageLaterality {decoded.laterality} but the CSV says "
-                            f"{record.laterality}")
+            raise _Rejected(
+                "laterality_mismatch",
+                f"{view.upper()}: DICOM ImageLaterality {decoded.laterality} but the CSV says {record.laterality}",
+            )
         boxes, labels, birads, mask = _annotations(vrec, decoded, view)
-        out = preprocess_view(decoded, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), record.laterality,
-                              spec.image_size, flip_to=spec.flip_to, mask=mask)
+        labels = [cleaner.clean(label, f"{view.upper()} box label #{i + 1}") for i, label in enumerate(labels)]
+        out = preprocess_view(
+            decoded,
+            np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            record.laterality,
+            spec.image_size,
+            flip_to=spec.flip_to,
+            mask=mask,
+        )
         out_boxes = np.asarray(out.boxes, dtype=np.float64).reshape(-1, 4)
         flags = list(out.box_flags)
         chest_wall = spec.flip_to if spec.flip_to != "none" else chest_wall_side(record.laterality)
-        findings = [Finding(label, _box4(box), b)
-                    for box, label, b, flag in zip(out_boxes, labels, birads, flags) if flag != "outside"]
-        report = vrec.report or record.report or view_report(
-            laterality=record.laterality, view=view, density=record.density, birads=record.birads,
-            findings=findings, content=_content_box(out.transform), chest_wall=chest_wall,
-            label_malignant=record.label_malignant, label_source=record.label_source)
+        findings = [
+            Finding(label, _box4(box), b)
+            for box, label, b, flag in zip(out_boxes, labels, birads, flags)
+            if flag != "outside"
+        ]
+        report = (
+            vrec.report
+            or record.report
+            or view_report(
+                laterality=record.laterality,
+                view=view,
+                density=record.density,
+                birads=record.birads,
+                findings=findings,
+                content=_content_box(out.transform),
+                chest_wall=chest_wall,
+                label_malignant=record.label_malignant,
+                label_source=record.label_source,
+            )
+        )
         if spec.rewriter is not None and not (vrec.report or record.report):
-            report = spec.rewriter.rewrite(report, {
-                "view": view, "laterality": record.laterality, "density": record.density,
-                "birads": record.birads, "label_malignant": record.label_malignant,
-                "label_source": record.label_source,
-                "findings": [{"label": f.label, "box": f.box, "birads": f.birads} for f in findings]})
+            report = spec.rewriter.rewrite(
+                report,
+                {
+                    "view": view,
+                    "laterality": record.laterality,
+                    "density": record.density,
+                    "birads": record.birads,
+                    "label_malignant": record.label_malignant,
+                    "label_source": record.label_source,
+                    "findings": [{"label": f.label, "box": f.box, "birads": f.birads} for f in findings],
+                },
+            )
+        # Every report (CSV text, template, rewriter output) passes the same layer before it is stored.
+        report = cleaner.clean(report, f"{view.upper()} report")
         files[image_file(view)] = encode_png16(out.image)
         if out.mask is not None:
             files[mask_file(view)] = encode_png8((np.asarray(out.mask) > 0).astype(np.uint8) * 255)
@@ -125,20 +175,24 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
             "report": report,
             "transform": _jsonable(out.transform),
         }
-    meta = deid.whitelist({
-        "schema": SCHEMA_VERSION,
-        "dataset": record.dataset,
-        "breast_id": breast_key(record, spec.salt),
-        "patient_id": patient_key(record, spec.salt),
-        "laterality": record.laterality,
-        "split": record.split,
-        "label": {"malignant": int(record.label_malignant), "source": record.label_source},
-        "density": record.density,
-        "birads": record.birads,
-        "views": views_json,
-    })
+    meta = deid.whitelist(
+        {
+            "schema": SCHEMA_VERSION,
+            "dataset": record.dataset,
+            "breast_id": breast_key(record, spec.salt),
+            "patient_id": patient_key(record, spec.salt),
+            "laterality": record.laterality,
+            "split": record.split,
+            "label": {"malignant": int(record.label_malignant), "source": record.label_source},
+            "density": record.density,
+            "birads": record.birads,
+            "views": views_json,
+        }
+    )
     files["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant))
+    counts = {"identifiers_removed": cleaner.identifiers_removed, "phi_redacted": int(cleaner.phi_redacted > 0),
+              "burned_in_kept": int(bool(burned_in))}  # fmt: skip
+    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant), deid=counts)
 
 
 def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -149,8 +203,9 @@ def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]
     return float(left), float(top), float(left + (x1 - x0) * sx), float(top + (y1 - y0) * sy)
 
 
-def _annotations(vrec: ViewRecord, decoded: DecodedImage, view: str
-                 ) -> tuple[list[list[float]], list[str], list[int | None], np.ndarray | None]:
+def _annotations(
+    vrec: ViewRecord, decoded: DecodedImage, view: str
+) -> tuple[list[list[float]], list[str], list[int | None], np.ndarray | None]:
     """Boxes, labels, BI-RADS and the lesion mask of one view, all in the DICOM grid."""
     height, width = decoded.original_shape
     boxes = [list(b) for b in vrec.boxes]
@@ -171,8 +226,7 @@ def _annotations(vrec: ViewRecord, decoded: DecodedImage, view: str
     for box in boxes:
         # Entirely off the image: the annotation belongs to another image or another grid.
         if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
-            raise _Rejected("box_outside_image",
-                            f"{view.upper()}: box {box} lies outside the {height}x{width} image")
+            raise _Rejected("box_outside_image", f"{view.upper()}: box {box} lies outside the {height}x{width} image")
     return boxes, labels, birads, mask
 
 
@@ -206,8 +260,11 @@ def _load_mask(candidates: list[str], shape: tuple[int, int], view: str, index: 
         except Exception as err:  # unreadable candidate: another one may still be the mask
             errors.append(type(err).__name__)
     if not sized:
-        raise _Rejected("bad_mask", f"{view.upper()}: no readable ROI mask file for abnormality #{index + 1} "
-                        f"({', '.join(errors) or 'no candidates'})")
+        raise _Rejected(
+            "bad_mask",
+            f"{view.upper()}: no readable ROI mask file for abnormality #{index + 1} "
+            f"({', '.join(errors) or 'no candidates'})",
+        )
     exact = [path for s, path in sized if s == tuple(shape)]
     if exact:
         return _read_mask_pixels(exact[0])

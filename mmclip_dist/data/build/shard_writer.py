@@ -132,17 +132,37 @@ class ShardInfo:
     inputs: tuple[int, int]
     rejects: list[dict[str, str]] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
+    deid: dict[str, int] = field(default_factory=dict)  # de-identification counts of its samples
 
     def sidecar(self, fingerprint: str) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "index": self.index, "samples": self.samples,
-                "sha256": self.sha256, "bytes": self.bytes, "inputs": list(self.inputs),
-                "labels": self.labels, "rejects": self.rejects, "fingerprint": fingerprint}
+        return {
+            "name": self.name,
+            "split": self.split,
+            "index": self.index,
+            "samples": self.samples,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "inputs": list(self.inputs),
+            "labels": self.labels,
+            "deid": self.deid,
+            "rejects": self.rejects,
+            "fingerprint": fingerprint,
+        }
 
     @classmethod
-    def from_sidecar(cls, data: dict[str, Any]) -> "ShardInfo":
-        return cls(name=data["name"], split=data["split"], index=data["index"], samples=data["samples"],
-                   sha256=data["sha256"], bytes=data["bytes"], inputs=tuple(data["inputs"]),
-                   rejects=data.get("rejects", []), labels=data.get("labels", {}))
+    def from_sidecar(cls, data: dict[str, Any]) -> ShardInfo:
+        return cls(
+            name=data["name"],
+            split=data["split"],
+            index=data["index"],
+            samples=data["samples"],
+            sha256=data["sha256"],
+            bytes=data["bytes"],
+            inputs=tuple(data["inputs"]),
+            rejects=data.get("rejects", []),
+            labels=data.get("labels", {}),
+            deid=data.get("deid", {}),
+        )
 
 
 @dataclass
@@ -162,8 +182,15 @@ class SplitResume:
 class SplitWriter:
     """Writes one split's stream of samples and rejects into numbered shards."""
 
-    def __init__(self, sink: ShardSink, split: str, fingerprint: str, max_bytes: int, max_samples: int,
-                 resume: SplitResume | None = None) -> None:
+    def __init__(
+        self,
+        sink: ShardSink,
+        split: str,
+        fingerprint: str,
+        max_bytes: int,
+        max_samples: int,
+        resume: SplitResume | None = None,
+    ) -> None:
         self.sink, self.split, self.fingerprint = sink, split, fingerprint
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.shards: list[ShardInfo] = list(resume.shards) if resume else []
@@ -178,12 +205,15 @@ class SplitWriter:
         if resume and resume.tail:
             self._start = resume.tail["inputs"][0]
         self._labels: Counter[str] = Counter()
+        self._deid: Counter[str] = Counter()
 
-    def add_sample(self, key: str, files: dict[str, bytes], label: int) -> None:
+    def add_sample(self, key: str, files: dict[str, bytes], label: int, deid: dict[str, int] | None = None) -> None:
         """Append one sample (files in the given order, named ``key.ext``)."""
         size = sum(tar_member_size(len(data)) for data in files.values())
-        if self._tar is not None and self._samples and (
-            self._samples >= self.max_samples or self._bytes + size > self.max_bytes
+        if (
+            self._tar is not None
+            and self._samples
+            and (self._samples >= self.max_samples or self._bytes + size > self.max_bytes)
         ):
             self._close_shard()
         tar = self._tar if self._tar is not None else self._open_shard()
@@ -192,6 +222,7 @@ class SplitWriter:
         self._samples += 1
         self._bytes += size
         self._labels[str(label)] += 1
+        self._deid.update(deid or {})
         self.position += 1
 
     def add_reject(self, reject: Reject) -> None:
@@ -205,8 +236,17 @@ class SplitWriter:
         tail = tail_name(self.split)
         if self._rejects:
             # Rejects after the last shard still need a durable home, or a resumed build would lose them.
-            self.sink.write_bytes(tail, _dumps({"split": self.split, "inputs": [self._start, self.position],
-                                                "rejects": self._rejects, "fingerprint": self.fingerprint}))
+            self.sink.write_bytes(
+                tail,
+                _dumps(
+                    {
+                        "split": self.split,
+                        "inputs": [self._start, self.position],
+                        "rejects": self._rejects,
+                        "fingerprint": self.fingerprint,
+                    }
+                ),
+            )
         keep = {s.name for s in self.shards} | {sidecar_name(s.name) for s in self.shards}
         if self._rejects:
             keep.add(tail)
@@ -222,7 +262,7 @@ class SplitWriter:
     def _open_shard(self) -> tarfile.TarFile:
         name = shard_name(self.split, len(self.shards))
         self._tmp_path = self.sink.staging_path(name)
-        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.GNU_FORMAT)
+        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.GNU_FORMAT)  # noqa: SIM115  (closed by _close_shard)
         self._samples = 0
         self._bytes = 0
         return self._tar
@@ -236,9 +276,18 @@ class SplitWriter:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
         size = self._tmp_path.stat().st_size
-        info = ShardInfo(name=name, split=self.split, index=len(self.shards), samples=self._samples,
-                         sha256=digest.hexdigest(), bytes=size, inputs=(self._start, self.position),
-                         rejects=self._rejects, labels=dict(sorted(self._labels.items())))
+        info = ShardInfo(
+            name=name,
+            split=self.split,
+            index=len(self.shards),
+            samples=self._samples,
+            sha256=digest.hexdigest(),
+            bytes=size,
+            inputs=(self._start, self.position),
+            rejects=self._rejects,
+            labels=dict(sorted(self._labels.items())),
+            deid=dict(sorted(self._deid.items())),
+        )
         self.sink.commit_file(self._tmp_path, name, info.sha256)
         # The sidecar is written last: it is what marks the shard as committed for a resumed build.
         self.sink.write_bytes(sidecar_name(name), _dumps(info.sidecar(self.fingerprint)))
@@ -247,6 +296,7 @@ class SplitWriter:
         self._tmp_path = None
         self._rejects = []
         self._labels = Counter()
+        self._deid = Counter()
         self._start = self.position
 
 

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 
 ADAPTERS = {"vindr": "vindr", "rsna": "rsna", "cbis": "cbis", "generic": "generic"}
 
+
 class AdapterError(ValueError):
     """A dataset input that cannot be read at all (missing file, missing columns)."""
 
 
-def read_dataset(cfg: "ShardsConfig") -> AdapterResult:
+def read_dataset(cfg: ShardsConfig) -> AdapterResult:
     """Run the adapter named by ``cfg.dataset``."""
     if cfg.dataset not in ADAPTERS:
         raise AdapterError(f"shards.dataset={cfg.dataset!r}: unknown adapter (known: {sorted(ADAPTERS)})")
@@ -67,16 +68,24 @@ def parse_view(value: str) -> str | None:
 
 
 def parse_laterality_view(
-    row: dict[str, str], source: str, laterality_column: str, view_column: str, rejects: list[Reject],
-    *, other_view: str = "bad_view",
+    row: dict[str, str],
+    source: str,
+    laterality_column: str,
+    view_column: str,
+    rejects: list[Reject],
+    *,
+    other_view: str = "bad_view",
 ) -> tuple[Laterality, str] | None:
     """``(laterality, view)`` of an image row; None after appending the row's reject to ``rejects``:
     ``bad_laterality`` first, then ``other_view`` (``bad_view`` by default; RSNA passes ``other_view``:
     its AT/LM/ML projections are unused images, not lost data)."""
     laterality = parse_laterality(row[laterality_column])
     if laterality is None:
-        rejects.append(Reject(source, "bad_laterality",
-                              f"{laterality_column} {row[laterality_column]!r} is not L/R (or LEFT/RIGHT)"))
+        rejects.append(
+            Reject(
+                source, "bad_laterality", f"{laterality_column} {row[laterality_column]!r} is not L/R (or LEFT/RIGHT)"
+            )
+        )
         return None
     view = parse_view(row[view_column])
     if view is None:
@@ -126,9 +135,14 @@ class BreastAssembler:
             self.breasts[record.breast_id] = breast = record
             self.order.append(record.breast_id)
         if view in breast.views:
-            self.rejects.append(Reject(view_record.source, "duplicate_view",
-                                       f"second {view.upper()} image for the breast (first at "
-                                       f"{breast.views[view].source}); the first is kept"))
+            self.rejects.append(
+                Reject(
+                    view_record.source,
+                    "duplicate_view",
+                    f"second {view.upper()} image for the breast (first at "
+                    f"{breast.views[view].source}); the first is kept",
+                )
+            )
             return
         breast.views[view] = view_record
         breast.source = ",".join(sorted({*breast.source.split(","), view_record.source} - {""}))
@@ -142,8 +156,9 @@ class BreastAssembler:
                 continue
             missing = [v for v in VIEWS if v not in breast.views]
             if missing and (self.missing_view == "skip" or len(missing) == 2):
-                self.rejects.append(Reject(breast.source, "missing_view",
-                                           f"breast has no {'/'.join(m.upper() for m in missing)} image"))
+                self.rejects.append(
+                    Reject(breast.source, "missing_view", f"breast has no {'/'.join(m.upper() for m in missing)} image")
+                )
                 continue
             for view in missing:
                 # missing_view=duplicate: the view it has stands in for the one it lacks.
@@ -164,4 +179,3 @@ def check_files(records: list[BreastRecord], rejects: list[Reject]) -> list[Brea
         else:
             kept.append(record)
     return kept
-

@@ -29,13 +29,23 @@ CSVS = {  # file → (abnormality label, split, density column)
     "calc_case_description_train_set.csv": ("Calcification", "train", "breast density"),
     "calc_case_description_test_set.csv": ("Calcification", "test", "breast density"),
 }
-COMMON = ("patient_id", "left or right breast", "image view", "abnormality id", "abnormality type", "assessment",
-          "pathology", "image file path", "cropped image file path", "ROI mask file path")
+COMMON = (
+    "patient_id",
+    "left or right breast",
+    "image view",
+    "abnormality id",
+    "abnormality type",
+    "assessment",
+    "pathology",
+    "image file path",
+    "cropped image file path",
+    "ROI mask file path",
+)
 PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
 DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
 
 
-def read(cfg: "ShardsConfig") -> AdapterResult:
+def read(cfg: ShardsConfig) -> AdapterResult:
     """Read a CBIS-DDSM root folder (``cfg.input``) holding the case CSVs and the DICOM folders."""
     root = Path(cfg.input)
     present = [name for name in CSVS if (root / name).is_file()]
@@ -59,9 +69,15 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             except ValueError:
                 assessment = -1
             if label is None or density is None or (assessment is not None and not 0 <= assessment <= 6):
-                assembler.reject_breast(breast_id, Reject(
-                    source, "bad_label", f"pathology {row['pathology']!r}, density {row[density_column]!r}, "
-                                         f"assessment {row['assessment']!r}: not valid CBIS-DDSM values"))
+                assembler.reject_breast(
+                    breast_id,
+                    Reject(
+                        source,
+                        "bad_label",
+                        f"pathology {row['pathology']!r}, density {row[density_column]!r}, "
+                        f"assessment {row['assessment']!r}: not valid CBIS-DDSM values",
+                    ),
+                )
                 continue
             paths = [row["image file path"], row["cropped image file path"], row["ROI mask file path"]]
             if not all(paths):
@@ -73,9 +89,18 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             if vrec is None:
                 vrec = images[image_path] = ViewRecord(path=image_path, source=source)
                 record = BreastRecord(
-                    dataset="cbis", breast_id=breast_id, patient_id=row["patient_id"], laterality=laterality,
-                    split=split, label_malignant=label, label_source="pathology", density=density, birads=assessment,
-                    views={}, source=source, extra={"raw_ids": [row["patient_id"]]},
+                    dataset="cbis",
+                    breast_id=breast_id,
+                    patient_id=row["patient_id"],
+                    laterality=laterality,
+                    split=split,
+                    label_malignant=label,
+                    label_source="pathology",
+                    density=density,
+                    birads=assessment,
+                    views={},
+                    source=source,
+                    extra={"raw_ids": [row["patient_id"]]},
                 )
                 assembler.add_view(record, view, vrec)
             vrec.mask_candidates.append(candidates)
@@ -93,15 +118,15 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     records = check_files(records, rejects)
     kept = []
     for record in records:
-        maskless = [v for v in record.views.values()
-                    if not any(Path(p).exists() for group in v.mask_candidates for p in group)]
+        maskless = [
+            v for v in record.views.values() if not any(Path(p).exists() for group in v.mask_candidates for p in group)
+        ]
         if maskless:
             rejects.append(Reject(maskless[0].source, "missing_file", "no ROI mask file found for the image"))
         else:
             kept.append(record)
     records = kept
-    return AdapterResult(records=records, rejects=rejects, label_source="pathology",
-                         inputs=len(records) + len(rejects))
+    return AdapterResult(records=records, rejects=rejects, label_source="pathology", inputs=len(records) + len(rejects))
 
 
 def _candidates(root: Path, crop_path: str, mask_path: str) -> list[str]:

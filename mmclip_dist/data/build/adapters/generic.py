@@ -27,7 +27,7 @@ SPLITS = {"train": "train", "training": "train", "test": "test", "": ""}
 _LABEL_SOURCES: dict[str, LabelSource] = {"pathology": "pathology", "birads_proxy": "birads_proxy"}
 
 
-def read(cfg: "ShardsConfig") -> AdapterResult:
+def read(cfg: ShardsConfig) -> AdapterResult:
     """Read the CSV file ``cfg.input``."""
     csv_path = Path(cfg.input)
     base = csv_path.parent
@@ -44,7 +44,9 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             continue
         breast_id = row.get("breast_id") or f"{row['patient_id']}_{laterality}"
         if row["image_path"] in seen_paths:
-            rejects.append(Reject(source, "duplicate_id", f"image_path already listed at {seen_paths[row['image_path']]}"))
+            rejects.append(
+                Reject(source, "duplicate_id", f"image_path already listed at {seen_paths[row['image_path']]}")
+            )
             continue
         seen_paths[row["image_path"]] = source
         try:
@@ -55,9 +57,14 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             assembler.reject_breast(breast_id, Reject(source, reason, detail))
             continue
         existing = assembler.breasts.get(breast_id)
-        if existing is not None and (existing.label_malignant, existing.split) != (record.label_malignant, record.split):
-            assembler.reject_breast(breast_id, Reject(source, "inconsistent_breast_labels",
-                                                      "label or split differs between images of the breast"))
+        if existing is not None and (existing.label_malignant, existing.split) != (
+            record.label_malignant,
+            record.split,
+        ):
+            assembler.reject_breast(
+                breast_id,
+                Reject(source, "inconsistent_breast_labels", "label or split differs between images of the breast"),
+            )
             continue
         assembler.add_view(record, view, vrec)
         kept = assembler.breasts.get(breast_id)
@@ -68,8 +75,9 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     records = check_files(records, rejects)
     sources = {r.label_source for r in records}
     label_source: LabelSource = "birads_proxy" if sources == {"birads_proxy"} else "pathology"
-    return AdapterResult(records=records, rejects=rejects, label_source=label_source,
-                         inputs=len(records) + len(rejects))
+    return AdapterResult(
+        records=records, rejects=rejects, label_source=label_source, inputs=len(records) + len(rejects)
+    )
 
 
 def _record(row: dict[str, str], source: str, breast_id: str, laterality: Laterality) -> BreastRecord:
@@ -90,8 +98,17 @@ def _record(row: dict[str, str], source: str, breast_id: str, laterality: Latera
     except ValueError:
         raise ValueError(f"bad_label: birads {row['birads']!r} is not a number") from None
     return BreastRecord(
-        dataset="generic", breast_id=breast_id, patient_id=row["patient_id"], laterality=laterality, split=split,
-        label_malignant=label, label_source=label_source, density=density, birads=birads, views={}, source=source,
+        dataset="generic",
+        breast_id=breast_id,
+        patient_id=row["patient_id"],
+        laterality=laterality,
+        split=split,
+        label_malignant=label,
+        label_source=label_source,
+        density=density,
+        birads=birads,
+        views={},
+        source=source,
         extra={"raw_ids": [row["patient_id"], breast_id, row["image_path"]]},
     )
 
@@ -111,10 +128,16 @@ def _view(row: dict[str, str], source: str, base: Path) -> ViewRecord:
     if any(b[2] <= b[0] or b[3] <= b[1] for b in boxes):
         raise ValueError("inverted_box: a box has x2 <= x1 or y2 <= y1")
     if not isinstance(labels, list) or len(labels) != len(boxes):
-        raise ValueError(f"bad_box: {len(boxes)} boxes but box_labels has {len(labels) if isinstance(labels, list) else '?'} entries")
+        raise ValueError(
+            f"bad_box: {len(boxes)} boxes but box_labels has {len(labels) if isinstance(labels, list) else '?'} entries"
+        )
     mask = row.get("mask_path") or None
     return ViewRecord(
-        path=str(base / row["image_path"]), boxes=boxes, box_labels=[str(x) for x in labels],
-        finding_birads=[None] * len(boxes), mask_path=str(base / mask) if mask else None, source=source,
+        path=str(base / row["image_path"]),
+        boxes=boxes,
+        box_labels=[str(x) for x in labels],
+        finding_birads=[None] * len(boxes),
+        mask_path=str(base / mask) if mask else None,
+        source=source,
         report=row.get("report") or None,
     )

@@ -19,12 +19,26 @@ if TYPE_CHECKING:
     from mmclip_dist.config import ShardsConfig
 
 CSV = "train.csv"
-COLUMNS = ("site_id", "patient_id", "image_id", "laterality", "view", "age", "cancer", "biopsy", "invasive",
-           "BIRADS", "implant", "density", "machine_id", "difficult_negative_case")
+COLUMNS = (
+    "site_id",
+    "patient_id",
+    "image_id",
+    "laterality",
+    "view",
+    "age",
+    "cancer",
+    "biopsy",
+    "invasive",
+    "BIRADS",
+    "implant",
+    "density",
+    "machine_id",
+    "difficult_negative_case",
+)
 DENSITIES = {"A", "B", "C", "D"}
 
 
-def read(cfg: "ShardsConfig") -> AdapterResult:
+def read(cfg: ShardsConfig) -> AdapterResult:
     """Read an RSNA root folder (``cfg.input``) holding ``train.csv`` and ``train_images/``."""
     root = Path(cfg.input)
     rejects: list[Reject] = []
@@ -56,22 +70,37 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             if birads is not None and not 0 <= birads <= 6:
                 raise ValueError
         except ValueError:
-            assembler.reject_breast(breast_id, Reject(
-                source, "bad_label", f"cancer {row['cancer']!r} / BIRADS {row['BIRADS']!r} are not valid values"))
+            assembler.reject_breast(
+                breast_id,
+                Reject(
+                    source, "bad_label", f"cancer {row['cancer']!r} / BIRADS {row['BIRADS']!r} are not valid values"
+                ),
+            )
             continue
         density = row["density"].upper() or None
         if density is not None and density not in DENSITIES:
             assembler.reject_breast(breast_id, Reject(source, "bad_label", f"density {row['density']!r} is not A-D"))
             continue
         if breast_id in labels and labels[breast_id][0] != cancer:
-            assembler.reject_breast(breast_id, Reject(
-                source, "inconsistent_breast_labels", "cancer differs between images of the same breast"))
+            assembler.reject_breast(
+                breast_id,
+                Reject(source, "inconsistent_breast_labels", "cancer differs between images of the same breast"),
+            )
             continue
         labels[breast_id] = (cancer, birads, density)
         record = BreastRecord(
-            dataset="rsna", breast_id=breast_id, patient_id=row["patient_id"], laterality=laterality, split="",
-            label_malignant=cancer, label_source="pathology", density=density, birads=birads, views={},
-            source=source, extra={"raw_ids": [row["patient_id"]]},
+            dataset="rsna",
+            breast_id=breast_id,
+            patient_id=row["patient_id"],
+            laterality=laterality,
+            split="",
+            label_malignant=cancer,
+            label_source="pathology",
+            density=density,
+            birads=birads,
+            views={},
+            source=source,
+            extra={"raw_ids": [row["patient_id"]]},
         )
         path = root / "train_images" / row["patient_id"] / f"{row['image_id']}.dcm"
         assembler.add_view(record, view, ViewRecord(path=str(path), source=source))
@@ -84,8 +113,7 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     records = assembler.finish()
     rejects += assembler.rejects
     records = check_files(records, rejects)
-    return AdapterResult(records=records, rejects=rejects, label_source="pathology",
-                         inputs=len(records) + len(rejects))
+    return AdapterResult(records=records, rejects=rejects, label_source="pathology", inputs=len(records) + len(rejects))
 
 
 def _int_or_text(value: str) -> tuple[int, str]:

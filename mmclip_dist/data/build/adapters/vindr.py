@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmclip_dist.data.build.adapters import (
-    BreastAssembler, check_files, parse_box, parse_laterality_view, read_csv,
+    BreastAssembler,
+    check_files,
+    parse_box,
+    parse_laterality_view,
+    read_csv,
 )
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
@@ -24,8 +28,18 @@ if TYPE_CHECKING:
 
 BREAST_CSV = "breast-level_annotations.csv"
 FINDING_CSV = "finding_annotations.csv"
-IMAGE_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-                 "breast_birads", "breast_density", "split")
+IMAGE_COLUMNS = (
+    "study_id",
+    "series_id",
+    "image_id",
+    "laterality",
+    "view_position",
+    "height",
+    "width",
+    "breast_birads",
+    "breast_density",
+    "split",
+)
 FINDING_COLUMNS = IMAGE_COLUMNS + ("finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax")
 SPLITS = {"training": "train", "test": "test"}
 NO_FINDING = "No Finding"
@@ -50,7 +64,7 @@ def parse_density(value: str) -> str | None:
 
 
 def parse_categories(value: str) -> list[str]:
-    """"['Mass', 'Suspicious Calcification']" → list; a bare category string is accepted too."""
+    """ "['Mass', 'Suspicious Calcification']" → list; a bare category string is accepted too."""
     text = value.strip()
     if text.startswith("["):
         parsed = ast.literal_eval(text)  # ValueError/SyntaxError propagate to a bad_label reject
@@ -69,7 +83,7 @@ def birads_proxy(birads: int, malignant_min: int, benign_max: int) -> int:
     return -1
 
 
-def read(cfg: "ShardsConfig") -> AdapterResult:
+def read(cfg: ShardsConfig) -> AdapterResult:
     """Read a VinDr-Mammo root folder (``cfg.input``)."""
     root = Path(cfg.input)
     rejects: list[Reject] = []
@@ -85,7 +99,9 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
         if row["image_id"] not in images:
             rejected_images.add(row["image_id"])  # until the row is accepted below
         if row["image_id"] in images:
-            rejects.append(Reject(source, "duplicate_id", f"image_id already listed at {images[row['image_id']][1].source}"))
+            rejects.append(
+                Reject(source, "duplicate_id", f"image_id already listed at {images[row['image_id']][1].source}")
+            )
             continue
         side = parse_laterality_view(row, source, "laterality", "view_position", rejects)
         if side is None:
@@ -94,7 +110,9 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
         breast_id = f"{row['study_id']}_{laterality}"
         split = SPLITS.get(row["split"])
         if split is None:
-            assembler.reject_breast(breast_id, Reject(source, "bad_split", f"split {row['split']!r} is not training/test"))
+            assembler.reject_breast(
+                breast_id, Reject(source, "bad_split", f"split {row['split']!r} is not training/test")
+            )
             continue
         try:
             birads = parse_birads(row["breast_birads"])
@@ -103,20 +121,34 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
             continue
         if breast_id in breast_labels and breast_labels[breast_id] != (birads, density, split):
-            assembler.reject_breast(breast_id, Reject(
-                source, "inconsistent_breast_labels",
-                f"BI-RADS/density/split {(birads, density, split)} differ from the breast's other image "
-                f"{breast_labels[breast_id]}"))
+            assembler.reject_breast(
+                breast_id,
+                Reject(
+                    source,
+                    "inconsistent_breast_labels",
+                    f"BI-RADS/density/split {(birads, density, split)} differ from the breast's other image "
+                    f"{breast_labels[breast_id]}",
+                ),
+            )
             continue
         breast_labels[breast_id] = (birads, density, split)
-        view_record = ViewRecord(path=str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"),
-                                 source=source)
+        view_record = ViewRecord(
+            path=str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"), source=source
+        )
         images[row["image_id"]] = (breast_id, view_record)
         rejected_images.discard(row["image_id"])
         record = BreastRecord(
-            dataset="vindr", breast_id=breast_id, patient_id=row["study_id"], laterality=laterality,
-            split=split, label_malignant=birads_proxy(birads, cfg.birads_malignant_min, cfg.birads_benign_max),
-            label_source="birads_proxy", density=density, birads=birads, views={}, source=source,
+            dataset="vindr",
+            breast_id=breast_id,
+            patient_id=row["study_id"],
+            laterality=laterality,
+            split=split,
+            label_malignant=birads_proxy(birads, cfg.birads_malignant_min, cfg.birads_benign_max),
+            label_source="birads_proxy",
+            density=density,
+            birads=birads,
+            views={},
+            source=source,
             extra={"raw_ids": [row["study_id"], row["series_id"], row["image_id"]]},
         )
         assembler.add_view(record, view, view_record)
@@ -154,5 +186,6 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     records = assembler.finish()
     rejects = rejects + assembler.rejects
     records = check_files(records, rejects)
-    return AdapterResult(records=records, rejects=rejects, label_source="birads_proxy",
-                         inputs=len(records) + len(rejects))
+    return AdapterResult(
+        records=records, rejects=rejects, label_source="birads_proxy", inputs=len(records) + len(rejects)
+    )
