@@ -26,11 +26,17 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
 from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
 from mmclip_dist.data.build.reports import load_rewriter
-from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
-from mmclip_dist.data.build.sample_files import PNG_COMPRESS_LEVEL, Sample, SampleSpec, breast_key, \
-    make_sample, patient_key
-from mmclip_dist.data.synthetic import TRUTH_FILE
+from mmclip_dist.data.build.sample_files import (
+    PNG_COMPRESS_LEVEL,
+    Sample,
+    SampleSpec,
+    breast_key,
+    make_sample,
+    patient_key,
+)
 from mmclip_dist.data.build.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
+from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
+from mmclip_dist.data.synthetic import TRUTH_FILE
 
 LABEL_NAMES = {"1": "malignant", "0": "benign", "-1": "unknown"}
 
@@ -76,8 +82,9 @@ def assign_split(patient_hash: str, test_fraction: float) -> str:
     return "test" if int(patient_hash[:8], 16) / 0x1_0000_0000 < test_fraction else "train"
 
 
-def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]], list[Reject], str, str, str]:
-    """Adapter + keys + splits: ``({split: [(key, record)] sorted}, adapter rejects, label_source, salt, fingerprint)``."""
+def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]], list[Reject], str, str, str, int]:
+    """Adapter + keys + splits: ``({split: [(key, record)] sorted}, adapter rejects, label_source, salt, fingerprint,
+    inputs)`` where ``inputs`` is the number of breasts the CSVs name (kept or rejected)."""
     salt = deid.resolve_salt(cfg.salt, is_synthetic(cfg.input))
     result = read_dataset(cfg)
     rejects = list(result.rejects)
@@ -95,7 +102,7 @@ def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]
     for items in splits.values():
         items.sort(key=lambda item: item[0])
     fingerprint = _fingerprint(cfg, salt, splits)
-    return dict(sorted(splits.items())), rejects, result.label_source, salt, fingerprint
+    return dict(sorted(splits.items())), rejects, result.label_source, salt, fingerprint, result.inputs
 
 
 def _fingerprint(cfg: ShardsConfig, salt: str, splits: dict[str, list[tuple[str, BreastRecord]]]) -> str:
@@ -133,7 +140,7 @@ def _results(records: list[BreastRecord], spec: SampleSpec, pool: Any) -> Iterat
 
 def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
     """Build (or resume building) the shards described by ``cfg`` and return what was written."""
-    splits, adapter_rejects, label_source, salt, fingerprint = prepare(cfg)
+    splits, adapter_rejects, label_source, salt, fingerprint, inputs = prepare(cfg)
     spec = SampleSpec(image_size=tuple(cfg.image_size), flip_to=cfg.flip_to, salt=salt,
                       rewriter=load_rewriter(cfg.report_rewriter))
     sink = ShardSink(cfg.output, cfg.s3_endpoint)
@@ -158,6 +165,8 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
                     writer.add_reject(result)
                 else:
                     writer.add_sample(result.key, result.files, result.label)
+                    for reject in result.rejects:  # parts of a sample left out (a CBIS ROI mask of another size)
+                        writer.add_reject(reject, advance=False)
                 bar.update(1)
             bar.close()
             shards = writer.finish()
@@ -172,13 +181,13 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
         sink.close()
 
     rejects = [r.to_json() for r in adapter_rejects] + shard_rejects
-    manifest = _manifest(cfg, splits, all_shards, rejects, label_source, fingerprint)
+    manifest = _manifest(cfg, splits, all_shards, rejects, label_source, fingerprint, inputs)
     write_manifest(sink, manifest, rejects)
     return BuildResult(output=cfg.output, manifest=manifest, shards=all_shards, rejects=rejects)
 
 
 def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]]], shards: list[ShardInfo],
-              rejects: list[dict[str, str]], label_source: str, fingerprint: str) -> dict[str, Any]:
+              rejects: list[dict[str, str]], label_source: str, fingerprint: str, inputs: int) -> dict[str, Any]:
     config = cfg.model_dump(mode="json")
     config["salt"] = "<set>" if config["salt"] else ""  # the salt is a secret: never written out
     split_info = {}
@@ -203,7 +212,7 @@ def _manifest(cfg: ShardsConfig, splits: dict[str, list[tuple[str, BreastRecord]
         "dataset": cfg.dataset,
         "label_source": label_source,
         "label_rule": rule,
-        "inputs": samples + len(rejects),
+        "inputs": inputs,
         "samples": samples,
         "rejects": {"total": len(rejects),
                     "lost": sum(r["reason"] not in UNUSED_IMAGE_REASONS for r in rejects),

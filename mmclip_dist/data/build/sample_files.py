@@ -9,7 +9,7 @@ and paths, so a bad file never crashes the build and never leaks an identifier.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import imagecodecs
@@ -20,8 +20,8 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.dicom import DecodedImage, DicomDecodeError, decode_dicom
 from mmclip_dist.data.build.preprocess import chest_wall_side, preprocess_view
 from mmclip_dist.data.build.records import BreastRecord, Reject, ViewRecord
-from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 from mmclip_dist.data.build.reports import Finding, ReportRewriter, view_report
+from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
 
 # zlib level of the PNGs: 1 is several times faster than the default 6 for a few % larger 16-bit images,
 # and encoding sits on the critical path of every build.
@@ -45,6 +45,11 @@ class Sample:
     key: str
     files: dict[str, bytes]
     label: int
+    rejects: list[Reject] = field(default_factory=list)  # parts left out (a CBIS ROI whose mask does not fit)
+
+
+class _RoiMismatch(Exception):
+    """An ROI mask whose size differs from its image by more than a scaling (aspect ratio off by > 1%)."""
 
 
 class _Rejected(Exception):
@@ -88,6 +93,7 @@ def make_sample(record: BreastRecord, spec: SampleSpec) -> Sample | Reject:
 
 def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
     files: dict[str, bytes] = {}
+    roi_rejects: list[Reject] = []
     views_json: dict[str, Any] = {}
     for view in VIEWS:
         vrec = record.views[view]
@@ -96,7 +102,9 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
             raise _Rejected("laterality_mismatch",
                             f"{view.upper()}: DICOM ImageLaterality {decoded.laterality} but the CSV says "
                             f"{record.laterality}")
-        boxes, labels, birads, mask = _annotations(vrec, decoded, view)
+        boxes, labels, birads, mask, dropped = _annotations(vrec, decoded, view)
+        roi_rejects += [Reject(record.source, "mask_size_mismatch", deid.scrub(d, record.raw_identifiers()))
+                        for d in dropped]
         out = preprocess_view(decoded, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), record.laterality,
                               spec.image_size, flip_to=spec.flip_to, mask=mask)
         out_boxes = np.asarray(out.boxes, dtype=np.float64).reshape(-1, 4)
@@ -137,7 +145,7 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
         "views": views_json,
     })
     files["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant))
+    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant), rejects=roi_rejects)
 
 
 def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -149,30 +157,42 @@ def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]
 
 
 def _annotations(vrec: ViewRecord, decoded: DecodedImage, view: str
-                 ) -> tuple[list[list[float]], list[str], list[int | None], np.ndarray | None]:
-    """Boxes, labels, BI-RADS and the lesion mask of one view, all in the DICOM grid."""
+                 ) -> tuple[list[list[float]], list[str], list[int | None], np.ndarray | None, list[str]]:
+    """Boxes, labels, BI-RADS and the lesion mask of one view, all in the DICOM grid, and the details of the
+    ROIs left out because their mask does not fit the image (``mask_size_mismatch``)."""
     height, width = decoded.original_shape
     boxes = [list(b) for b in vrec.boxes]
     labels = list(vrec.box_labels)
     birads = list(vrec.finding_birads) + [None] * (len(labels) - len(vrec.finding_birads))
     mask = None
+    dropped: list[str] = []
     if vrec.mask_candidates:
-        boxes = []
+        boxes, kept = [], []
         for index, group in enumerate(vrec.mask_candidates):
-            roi = _load_mask(group, decoded.original_shape, view, index)
+            try:
+                roi = _load_mask(group, decoded.original_shape, view, index)
+            except _RoiMismatch as err:
+                dropped.append(str(err))
+                continue
             ys, xs = np.nonzero(roi)
             if ys.size == 0:
                 raise _Rejected("empty_mask", f"{view.upper()}: ROI mask #{index + 1} has no lesion pixels")
             boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
+            kept.append(index)
             mask = roi if mask is None else (mask | roi)
+        labels = [labels[i] for i in kept if i < len(labels)]
+        birads = [birads[i] for i in kept if i < len(birads)]
     elif vrec.mask_path:
-        mask = _load_mask([vrec.mask_path], decoded.original_shape, view, 0)
+        try:
+            mask = _load_mask([vrec.mask_path], decoded.original_shape, view, 0)
+        except _RoiMismatch as err:
+            dropped.append(str(err))
     for box in boxes:
         # Entirely off the image: the annotation belongs to another image or another grid.
         if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
             raise _Rejected("box_outside_image",
                             f"{view.upper()}: box {box} lies outside the {height}x{width} image")
-    return boxes, labels, birads, mask
+    return boxes, labels, birads, mask, dropped
 
 
 def _read_mask_pixels(path: str) -> np.ndarray:
@@ -196,8 +216,14 @@ def _mask_shape(path: str) -> tuple[int, int]:
     return int(ds.Rows), int(ds.Columns)
 
 
+# A mask scaled onto its image must keep its aspect ratio within this much; past it the mask was drawn on
+# another grid (or belongs to another image) and a resized box lands beside the lesion.
+MASK_ASPECT_TOLERANCE = 0.01
+
+
 def _load_mask(candidates: list[str], shape: tuple[int, int], view: str, index: int) -> np.ndarray:
-    """The candidate whose size equals the image; else the largest one resized to the image grid."""
+    """The candidate whose size equals the image; else the largest one scaled to the image grid when its aspect
+    ratio matches the image's within ``MASK_ASPECT_TOLERANCE``; else :class:`_RoiMismatch`."""
     sized, errors = [], []
     for path in candidates:
         try:
@@ -212,7 +238,12 @@ def _load_mask(candidates: list[str], shape: tuple[int, int], view: str, index: 
         return _read_mask_pixels(exact[0])
     # The CBIS-DDSM lesion crop sits next to the mask and is much smaller; the mask is the largest file,
     # sometimes a few pixels off the image size: bring it onto the image grid.
-    (_, path) = max(sized, key=lambda item: item[0][0] * item[0][1])
+    ((mh, mw), path) = max(sized, key=lambda item: item[0][0] * item[0][1])
+    aspect_error = abs((mh / max(mw, 1)) / (shape[0] / max(shape[1], 1)) - 1.0)
+    if aspect_error > MASK_ASPECT_TOLERANCE:
+        raise _RoiMismatch(f"{view.upper()}: ROI mask #{index + 1} is {mh}x{mw} but the image is "
+                           f"{shape[0]}x{shape[1]} (aspect ratio off by {aspect_error:.1%}, more than "
+                           f"{MASK_ASPECT_TOLERANCE:.0%}): ROI left out")
     return _resize_nearest(_read_mask_pixels(path), shape)
 
 

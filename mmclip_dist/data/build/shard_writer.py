@@ -139,7 +139,7 @@ class ShardInfo:
                 "labels": self.labels, "rejects": self.rejects, "fingerprint": fingerprint}
 
     @classmethod
-    def from_sidecar(cls, data: dict[str, Any]) -> "ShardInfo":
+    def from_sidecar(cls, data: dict[str, Any]) -> ShardInfo:
         return cls(name=data["name"], split=data["split"], index=data["index"], samples=data["samples"],
                    sha256=data["sha256"], bytes=data["bytes"], inputs=tuple(data["inputs"]),
                    rejects=data.get("rejects", []), labels=data.get("labels", {}))
@@ -195,9 +195,10 @@ class SplitWriter:
         self._labels[str(label)] += 1
         self.position += 1
 
-    def add_reject(self, reject: Reject) -> None:
+    def add_reject(self, reject: Reject, advance: bool = True) -> None:
+        """Record a reject; ``advance=False`` for a part of a sample just added (it is not a record of its own)."""
         self._rejects.append(reject.to_json())
-        self.position += 1
+        self.position += advance
 
     def finish(self) -> list[ShardInfo]:
         """Close the open shard (or record trailing rejects) and drop leftovers of older builds."""

@@ -15,7 +15,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.build.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
+from mmclip_dist.data.build.adapters import (
+    MISSING_VALUES,
+    BadValue,
+    BreastAssembler,
+    check_files,
+    count_inputs,
+    parse_laterality_view,
+    parse_number,
+    read_csv,
+)
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -26,7 +35,7 @@ LABELS = {"1": 1, "0": 0, "-1": -1, "malignant": 1, "benign": 0, "unknown": -1}
 SPLITS = {"train": "train", "training": "train", "test": "test", "": ""}
 
 
-def read(cfg: "ShardsConfig") -> AdapterResult:
+def read(cfg: ShardsConfig) -> AdapterResult:
     """Read the CSV file ``cfg.input``."""
     csv_path = Path(cfg.input)
     base = csv_path.parent
@@ -43,7 +52,9 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             continue
         breast_id = row.get("breast_id") or f"{row['patient_id']}_{laterality}"
         if row["image_path"] in seen_paths:
-            rejects.append(Reject(source, "duplicate_id", f"image_path already listed at {seen_paths[row['image_path']]}"))
+            rejects.append(
+                Reject(source, "duplicate_id", f"image_path already listed at {seen_paths[row['image_path']]}")
+            )
             continue
         seen_paths[row["image_path"]] = source
         try:
@@ -54,9 +65,14 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
             assembler.reject_breast(breast_id, Reject(source, reason, detail))
             continue
         existing = assembler.breasts.get(breast_id)
-        if existing is not None and (existing.label_malignant, existing.split) != (record.label_malignant, record.split):
-            assembler.reject_breast(breast_id, Reject(source, "inconsistent_breast_labels",
-                                                      "label or split differs between images of the breast"))
+        if existing is not None and (existing.label_malignant, existing.split) != (
+            record.label_malignant,
+            record.split,
+        ):
+            assembler.reject_breast(
+                breast_id,
+                Reject(source, "inconsistent_breast_labels", "label or split differs between images of the breast"),
+            )
             continue
         assembler.add_view(record, view, vrec)
         kept = assembler.breasts.get(breast_id)
@@ -67,30 +83,46 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     records = check_files(records, rejects)
     sources = {r.label_source for r in records}
     label_source = "birads_proxy" if sources == {"birads_proxy"} else "pathology"
-    return AdapterResult(records=records, rejects=rejects, label_source=label_source,
-                         inputs=len(records) + len(rejects))
+    return AdapterResult(
+        records=records, rejects=rejects, label_source=label_source, inputs=count_inputs(assembler, rejects)
+    )
 
 
 def _record(row: dict[str, str], source: str, breast_id: str, laterality: str) -> BreastRecord:
     label = LABELS.get(row["label"].strip().lower())
     if label is None:
-        raise ValueError(f"bad_label: label {row['label']!r} is not 1/0/-1 or malignant/benign/unknown")
+        try:
+            label = parse_number(row, "label", low=-1, high=1, required=True)
+        except BadValue:
+            raise ValueError(
+                f"bad_label: {BadValue('label', row['label'], '1/0/-1 or malignant/benign/unknown')}"
+            ) from None
     label_source = row.get("label_source") or "pathology"
     if label_source not in ("pathology", "birads_proxy"):
         raise ValueError(f"bad_label: label_source {label_source!r} is not pathology or birads_proxy")
     split = SPLITS.get(row.get("split", "").lower())
     if split is None:
         raise ValueError(f"bad_split: split {row['split']!r} is not train or test")
-    density = (row.get("density") or "").upper() or None
+    density = (row.get("density") or "").upper()
+    density = None if density.lower() in MISSING_VALUES else density
     if density is not None and density not in ("A", "B", "C", "D"):
-        raise ValueError(f"bad_label: density {row['density']!r} is not A-D")
+        raise ValueError(f"bad_label: {BadValue('density', row['density'], 'A-D')}")
     try:
-        birads = int(row["birads"]) if row.get("birads") else None
-    except ValueError:
-        raise ValueError(f"bad_label: birads {row['birads']!r} is not a number") from None
+        birads = parse_number(row, "birads", low=0, high=6)
+    except BadValue as err:
+        raise ValueError(f"bad_label: {err}") from None
     return BreastRecord(
-        dataset="generic", breast_id=breast_id, patient_id=row["patient_id"], laterality=laterality, split=split,
-        label_malignant=label, label_source=label_source, density=density, birads=birads, views={}, source=source,
+        dataset="generic",
+        breast_id=breast_id,
+        patient_id=row["patient_id"],
+        laterality=laterality,
+        split=split,
+        label_malignant=label,
+        label_source=label_source,
+        density=density,
+        birads=birads,
+        views={},
+        source=source,
         extra={"raw_ids": [row["patient_id"], breast_id, row["image_path"]]},
     )
 
@@ -104,16 +136,33 @@ def _view(row: dict[str, str], source: str, base: Path) -> ViewRecord:
     if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
         raise ValueError("bad_box: boxes must be a JSON list of [x1, y1, x2, y2]")
     try:
-        boxes = [[float(v) for v in b] for b in boxes]
-    except (TypeError, ValueError):
-        raise ValueError("bad_box: box coordinates are not numbers") from None
+        boxes = [
+            [
+                float(parse_number({"boxes": _json_text(v)}, "boxes", integer=False, required=True))  # type: ignore[arg-type]
+                for v in b
+            ]
+            for b in boxes
+        ]
+    except BadValue as err:
+        raise ValueError(f"bad_box: {err}") from None
     if any(b[2] <= b[0] or b[3] <= b[1] for b in boxes):
         raise ValueError("inverted_box: a box has x2 <= x1 or y2 <= y1")
     if not isinstance(labels, list) or len(labels) != len(boxes):
-        raise ValueError(f"bad_box: {len(boxes)} boxes but box_labels has {len(labels) if isinstance(labels, list) else '?'} entries")
+        raise ValueError(
+            f"bad_box: {len(boxes)} boxes but box_labels has {len(labels) if isinstance(labels, list) else '?'} entries"
+        )
     mask = row.get("mask_path") or None
     return ViewRecord(
-        path=str(base / row["image_path"]), boxes=boxes, box_labels=[str(x) for x in labels],
-        finding_birads=[None] * len(boxes), mask_path=str(base / mask) if mask else None, source=source,
+        path=str(base / row["image_path"]),
+        boxes=boxes,
+        box_labels=[str(x) for x in labels],
+        finding_birads=[None] * len(boxes),
+        mask_path=str(base / mask) if mask else None,
+        source=source,
         report=row.get("report") or None,
     )
+
+
+def _json_text(value: object) -> str:
+    """A JSON value as the text it was written as (``null`` stays ``null``; a string stays itself)."""
+    return value if isinstance(value, str) else json.dumps(value)

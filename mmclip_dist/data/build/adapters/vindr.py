@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmclip_dist.data.build.adapters import (
-    BreastAssembler, check_files, parse_box, parse_laterality_view, read_csv,
+    MISSING_VALUES,
+    BadValue,
+    BreastAssembler,
+    check_files,
+    count_inputs,
+    parse_box,
+    parse_laterality_view,
+    parse_number,
+    read_csv,
 )
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
@@ -24,33 +32,49 @@ if TYPE_CHECKING:
 
 BREAST_CSV = "breast-level_annotations.csv"
 FINDING_CSV = "finding_annotations.csv"
-IMAGE_COLUMNS = ("study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-                 "breast_birads", "breast_density", "split")
+IMAGE_COLUMNS = (
+    "study_id",
+    "series_id",
+    "image_id",
+    "laterality",
+    "view_position",
+    "height",
+    "width",
+    "breast_birads",
+    "breast_density",
+    "split",
+)
 FINDING_COLUMNS = IMAGE_COLUMNS + ("finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax")
 SPLITS = {"training": "train", "test": "test"}
 NO_FINDING = "No Finding"
+BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 
 
-def parse_birads(value: str) -> int | None:
-    """'BI-RADS 4' → 4 (also '4', '4A'); raises ValueError for anything else."""
-    match = re.fullmatch(r"(?:BI-?RADS\s*)?([0-6])[ABC]?", value.strip(), flags=re.IGNORECASE)
-    if not match:
-        raise ValueError(f"not a BI-RADS value: {value!r}")
-    return int(match.group(1))
+def parse_birads(value: str, column: str = "BI-RADS") -> int:
+    """'BI-RADS 4' → 4 (also '4', '4.0', '4A'); raises :class:`BadValue` for anything else."""
+    text = re.sub(r"^BI-?RADS\s*", "", value.strip(), flags=re.IGNORECASE)
+    match = re.fullmatch(r"([0-6])[ABC]", text, flags=re.IGNORECASE)
+    if match:
+        return int(match.group(1))
+    try:
+        number = parse_number({column: text}, column, low=0, high=6, required=True)
+    except BadValue:
+        raise BadValue(column, value, "a BI-RADS value 0-6") from None
+    return int(number)  # type: ignore[arg-type]
 
 
-def parse_density(value: str) -> str | None:
-    """'DENSITY B' → 'B'; empty → None; raises ValueError for anything else."""
-    if not value:
+def parse_density(value: str, column: str = "density") -> str | None:
+    """'DENSITY B' → 'B'; empty / nan → None; raises :class:`BadValue` for anything else."""
+    if value.strip().lower() in MISSING_VALUES:
         return None
     match = re.fullmatch(r"(?:DENSITY\s*)?([ABCD])", value.strip(), flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"not a density value: {value!r}")
+        raise BadValue(column, value, "a density A-D")
     return match.group(1).upper()
 
 
 def parse_categories(value: str) -> list[str]:
-    """"['Mass', 'Suspicious Calcification']" → list; a bare category string is accepted too."""
+    """ "['Mass', 'Suspicious Calcification']" → list; a bare category string is accepted too."""
     text = value.strip()
     if text.startswith("["):
         parsed = ast.literal_eval(text)  # ValueError/SyntaxError propagate to a bad_label reject
@@ -69,7 +93,7 @@ def birads_proxy(birads: int, malignant_min: int, benign_max: int) -> int:
     return -1
 
 
-def read(cfg: "ShardsConfig") -> AdapterResult:
+def read(cfg: ShardsConfig) -> AdapterResult:
     """Read a VinDr-Mammo root folder (``cfg.input``)."""
     root = Path(cfg.input)
     rejects: list[Reject] = []
@@ -85,7 +109,9 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
         if row["image_id"] not in images:
             rejected_images.add(row["image_id"])  # until the row is accepted below
         if row["image_id"] in images:
-            rejects.append(Reject(source, "duplicate_id", f"image_id already listed at {images[row['image_id']][1].source}"))
+            rejects.append(
+                Reject(source, "duplicate_id", f"image_id already listed at {images[row['image_id']][1].source}")
+            )
             continue
         side = parse_laterality_view(row, source, "laterality", "view_position", rejects)
         if side is None:
@@ -94,29 +120,48 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
         breast_id = f"{row['study_id']}_{laterality}"
         split = SPLITS.get(row["split"])
         if split is None:
-            assembler.reject_breast(breast_id, Reject(source, "bad_split", f"split {row['split']!r} is not training/test"))
+            assembler.reject_breast(
+                breast_id, Reject(source, "bad_split", f"split {row['split']!r} is not training/test")
+            )
             continue
         try:
-            birads = parse_birads(row["breast_birads"])
-            density = parse_density(row["breast_density"])
-        except ValueError as err:
+            birads = parse_birads(row["breast_birads"], "breast_birads")
+            density = parse_density(row["breast_density"], "breast_density")
+            # Not used downstream (the DICOM states its size), but a garbled size means a garbled row.
+            for column in ("height", "width"):
+                parse_number(row, column, low=1, high=1e6)
+        except BadValue as err:
             assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
             continue
         if breast_id in breast_labels and breast_labels[breast_id] != (birads, density, split):
-            assembler.reject_breast(breast_id, Reject(
-                source, "inconsistent_breast_labels",
-                f"BI-RADS/density/split {(birads, density, split)} differ from the breast's other image "
-                f"{breast_labels[breast_id]}"))
+            assembler.reject_breast(
+                breast_id,
+                Reject(
+                    source,
+                    "inconsistent_breast_labels",
+                    f"BI-RADS/density/split {(birads, density, split)} differ from the breast's other image "
+                    f"{breast_labels[breast_id]}",
+                ),
+            )
             continue
         breast_labels[breast_id] = (birads, density, split)
-        view_record = ViewRecord(path=str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"),
-                                 source=source)
+        view_record = ViewRecord(
+            path=str(root / "images" / row["study_id"] / f"{row['image_id']}.dicom"), source=source
+        )
         images[row["image_id"]] = (breast_id, view_record)
         rejected_images.discard(row["image_id"])
         record = BreastRecord(
-            dataset="vindr", breast_id=breast_id, patient_id=row["study_id"], laterality=laterality,
-            split=split, label_malignant=birads_proxy(birads, cfg.birads_malignant_min, cfg.birads_benign_max),
-            label_source="birads_proxy", density=density, birads=birads, views={}, source=source,
+            dataset="vindr",
+            breast_id=breast_id,
+            patient_id=row["study_id"],
+            laterality=laterality,
+            split=split,
+            label_malignant=birads_proxy(birads, cfg.birads_malignant_min, cfg.birads_benign_max),
+            label_source="birads_proxy",
+            density=density,
+            birads=birads,
+            views={},
+            source=source,
             extra={"raw_ids": [row["study_id"], row["series_id"], row["image_id"]]},
         )
         assembler.add_view(record, view, view_record)
@@ -134,12 +179,20 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
         breast_id, view_record = entry
         try:
             categories = parse_categories(row["finding_categories"])
-            finding_birads = parse_birads(row["finding_birads"]) if row["finding_birads"] else None
-        except (ValueError, SyntaxError) as err:
+            finding_birads = (
+                None
+                if row["finding_birads"].lower() in MISSING_VALUES
+                else parse_birads(row["finding_birads"], "finding_birads")
+            )
+        except BadValue as err:
+            assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
+            continue
+        except (ValueError, SyntaxError):
+            err = BadValue("finding_categories", row["finding_categories"], "a list of category names")
             assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
             continue
         categories = [c for c in categories if c != NO_FINDING]
-        box, bad = parse_box([row["xmin"], row["ymin"], row["xmax"], row["ymax"]], source)
+        box, bad = parse_box([row[c] for c in BOX_COLUMNS], source, list(BOX_COLUMNS))
         if bad is not None:
             assembler.reject_breast(breast_id, bad)
             continue
@@ -154,5 +207,6 @@ def read(cfg: "ShardsConfig") -> AdapterResult:
     records = assembler.finish()
     rejects = rejects + assembler.rejects
     records = check_files(records, rejects)
-    return AdapterResult(records=records, rejects=rejects, label_source="birads_proxy",
-                         inputs=len(records) + len(rejects))
+    return AdapterResult(
+        records=records, rejects=rejects, label_source="birads_proxy", inputs=count_inputs(assembler, rejects)
+    )
