@@ -88,6 +88,10 @@ class DataConfig(_Section):
     )
     eval_split: str = Field("test", description="shard name prefix read when eval_shards is a folder")
     s3_endpoint: str | None = Field(None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)")
+    max_skip_fraction: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="unreadable/undecodable samples skipped before the run stops, as a fraction of its samples",
+    )
 
 
 class ModelConfig(_Section):

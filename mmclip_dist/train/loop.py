@@ -16,9 +16,11 @@ import torch
 import torch.distributed as dist
 
 from mmclip_dist.config import Config
+from mmclip_dist.data.stream.loader import DataSkipError
 from mmclip_dist.losses.distributed import mean_across_ranks
 from mmclip_dist.tracking import RunLogger
 from mmclip_dist.train.callbacks import load_step_callback
+from mmclip_dist.train.data_health import DATA_ERROR_KEY, SkipBudget
 from mmclip_dist.train.state import TrainState, restore, save_and_report
 from mmclip_dist.train.step_batches import step_stream
 
@@ -56,6 +58,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
     callback = load_step_callback(cfg.train.step_callback, rank, state.step)
+    skip_budget = SkipBudget(cfg, device)
 
     def backward_and_step(surrogate: torch.Tensor) -> None:
         # The cache hands us gradients of the *global* loss, so DeepSpeed must not divide by GAS again;
@@ -68,7 +71,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with torch.random.fork_rng(devices=[]):
             # The DataLoader draws a seed from the global RNG per epoch; kept out of it, the dropout
             # stream depends only on the step, so a resumed run draws the masks an uninterrupted one does.
-            batch = next(steps)
+            try:
+                batch = next(steps)
+            except DataSkipError:  # this rank's shards are all unreadable: stop with the others, below
+                batch = None
+        stop_reason = skip_budget.update(batch.micro_batches if batch else None, reader_failed=batch is None)
+        if stop_reason is not None:
+            # Every rank leaves together; the driver reads the tag and fails the run (an exception here would
+            # make Ray Train retry on the same data).
+            logger.log_metrics({"data/skipped_samples": float(skip_budget.total)}, step=state.step)
+            logger.set_tag(DATA_ERROR_KEY, stop_reason)
+            break
         fetched = time.perf_counter()
         micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
         terms = cache.step(micro_batches, forward=engine, backward=backward_and_step)
@@ -81,6 +94,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "samples_per_s": cfg.train.global_batch / (done - started),
             "data_wait_fraction": (fetched - started) / (done - started),
             "epoch": float(state.epoch),
+            "data/skipped_samples": float(skip_budget.total),
         }
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
             logger.log_metrics(metrics, step=state.step)

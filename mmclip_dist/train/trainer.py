@@ -18,7 +18,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mmclip_dist.config import Config
+from mmclip_dist.data.stream.loader import DataSkipError
 from mmclip_dist.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
+from mmclip_dist.train.data_health import take_data_error
 from mmclip_dist.train.loop import train_worker, worker_env
 from mmclip_dist.train.state import STATE_FILE, TrainState
 
@@ -75,6 +77,7 @@ def run_training(cfg: Config) -> TrainResult:
     if previous is not None:
         run_id = previous.mlflow_run_id
         reopen_run(tracking_uri, run_id)
+        take_data_error(tracking_uri, run_id)  # a stop of an earlier attempt does not apply to this one
     else:
         run_id = start_run(cfg, train.run_name, {"ray_run": train.run_name})
     trainer = TorchTrainer(
@@ -102,6 +105,10 @@ def run_training(cfg: Config) -> TrainResult:
     except Exception:
         finish_run(tracking_uri, run_id, status="FAILED")
         raise
+    data_error = take_data_error(tracking_uri, run_id)
+    if data_error:
+        finish_run(tracking_uri, run_id, status="FAILED")
+        raise DataSkipError(data_error)
     finish_run(tracking_uri, run_id)
     return TrainResult(
         mlflow_run_id=run_id,

@@ -315,6 +315,15 @@ def verify_output(sink: ShardSink) -> list[str]:
                 problems.append(f"{name}: {len(data)} bytes != {ref['bytes']} in {where}")
             if ref["samples"] != len(keys):
                 problems.append(f"{name}: {len(keys)} samples != {ref['samples']} in {where}")
+    listed_names = {MANIFEST, REJECTS}
+    for entry in manifest.get("shards", []):
+        listed_names |= {entry["name"], sidecar_name(entry["name"])}
+    listed_names |= {tail_name(split) for split in manifest.get("splits", {})}
+    for name in sink.list():
+        if name not in listed_names:
+            # The loader reads only the manifest's shards; anything else here is a leftover or a mistake.
+            problems.append(f"{name}: in the output folder but not listed in manifest.json (the loader ignores it; "
+                            "remove it or rebuild)")
     for split, info in manifest.get("splits", {}).items():
         listed = sum(e["samples"] for e in manifest.get("shards", []) if e["split"] == split)
         if listed != info["samples"]:
