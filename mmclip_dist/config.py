@@ -255,6 +255,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a YAML file (or start from defaults), apply dotted overrides, validate."""
     tree: dict[str, Any] = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; pass --config with an existing YAML (e.g. launch/configs/debug.yaml)")
         text = Path(path).read_text()
         tree = yaml.safe_load(text) or {}
         if not isinstance(tree, dict):
@@ -265,7 +267,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(tree)
     except ValidationError as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}:\n{err}") from err
+        problems = "; ".join(_describe_problem(e) for e in err.errors())
+        raise ConfigError(f"invalid config{where}: {problems} (`mmclip-dist config --docs` lists every key)") from err
+
+
+def _describe_problem(error: Any) -> str:
+    """One pydantic error as ``section.key: what is wrong (got value)``, on one line."""
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 
 def dump_config(cfg: Config) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
+from mmclip_dist.train.input_checks import check_train_inputs
 from mmclip_dist.train.ray_env import connect_ray
 
 
@@ -19,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume:
         cfg.train.resume = True
+    check_train_inputs(cfg)  # seconds, before Ray workers or an MLflow run exist
     connect_ray(
         cfg.train.num_workers * cfg.train.cpus_per_worker
     )  # first: Ray must be configured before anything imports it

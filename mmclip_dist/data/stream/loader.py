@@ -21,7 +21,6 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import braceexpand
 import imagecodecs
 import numpy as np
 import torch
@@ -30,43 +29,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_file, mask_file, sidecar_name
+from mmclip_dist.data.shard_format import MANIFEST, VIEWS, image_file, mask_file, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
+from mmclip_dist.data.stream.shard_list import list_shards  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- shards
-
-
-def list_shards(url: str, endpoint: str | None = None, split: str | None = None) -> list[str]:
-    """Shard URLs: a brace pattern is expanded as written; a folder / S3 prefix is listed for
-    ``{split}-NNNNNN.tar`` (any split when ``split`` is None); a single ``.tar`` URL is returned as is."""
-    if not url:
-        raise ValueError("no shard location given (data.train_shards / data.eval_shards is empty)")
-    if "{" in url:
-        return list(braceexpand.braceexpand(url))
-    if url.endswith(".tar"):
-        return [url]
-    storage = open_storage(url, endpoint)
-    if storage.exists(MANIFEST):
-        # A finished build: read exactly the shards it lists (a stray or half-copied tar in the folder is not data).
-        manifest = json.loads(storage.get_bytes(MANIFEST))
-        splits = {e["name"]: e["split"] for e in manifest.get("shards", [])}
-        absent = [n for n in splits if (split is None or splits[n] == split) and not storage.exists(n)]
-        if absent:
-            raise FileNotFoundError(
-                f"{url}: {MANIFEST} lists {len(absent)} shard(s) that are missing ({', '.join(absent[:3])}); "
-                "restore them or rebuild (`mmclip-dist shards verify` checks a folder)"
-            )
-    else:
-        splits = {n: m.group("split") for n in storage.list() if "/" not in n and (m := SHARD_NAME.match(n))}
-    selected = [n for n, s in splits.items() if split is None or s == split]
-    if not selected:
-        found = sorted(set(splits.values()))
-        wanted = f"{split}-NNNNNN.tar" if split else "<split>-NNNNNN.tar"
-        raise FileNotFoundError(f"no shards named {wanted} under {url} (splits found there: {found or 'none'})")
-    return [storage.url_for(n) for n in selected]
 
 
 def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]]:
