@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     )  # first: Ray must be configured before anything imports it
     from mmclip_dist.train.trainer import run_training
 
-    result = run_training(cfg)
+    result = run_training(cfg, progress=print)
     print(f"MLflow run {result.mlflow_run_id} ({result.tracking_uri}); model exported to {result.export_dir}")
     return 0

@@ -127,6 +127,10 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
+    if os.environ.get("MMCLIP_VERBOSE", "") in ("", "0"):
+        # Third-party deprecation notices and CUDA probes on a CPU machine bury the progress lines; --verbose
+        # (MMCLIP_VERBOSE=1) keeps them.
+        env["PYTHONWARNINGS"] = "ignore"
     for name, value in os.environ.items():
         # The project's own variables (MMCLIP_*: id salt, callback settings) follow the driver to every worker.
         if name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") or name.startswith("MMCLIP_"):

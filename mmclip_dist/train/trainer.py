@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from mmclip_dist.data.stream.loader import DataSkipError
 from mmclip_dist.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
 from mmclip_dist.train.data_health import take_data_error
 from mmclip_dist.train.loop import train_worker, worker_env
+from mmclip_dist.train.progress import ProgressReporter
 from mmclip_dist.train.state import STATE_FILE, TrainState
 
 
@@ -59,8 +61,9 @@ def latest_checkpoint_state(fs: pafs.FileSystem, run_dir: str) -> TrainState | N
     return None
 
 
-def run_training(cfg: Config) -> TrainResult:
-    """Train with ``cfg`` on the connected Ray cluster; returns when the run (and its retries) ends."""
+def run_training(cfg: Config, progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Train with ``cfg`` on the connected Ray cluster; returns when the run (and its retries) ends.
+    ``progress`` receives a line per logged step (step/total, loss, samples/s, ETA)."""
     train = cfg.train
     fs, root = storage_location(train.storage_path, train.storage_endpoint)
     run_dir = posixpath.join(root, train.run_name)
@@ -101,7 +104,11 @@ def run_training(cfg: Config) -> TrainResult:
         ),
     )
     try:
-        result = trainer.fit()
+        if progress is None:
+            result = trainer.fit()
+        else:
+            with ProgressReporter(tracking_uri, run_id, cfg.train.max_steps, progress):
+                result = trainer.fit()
     except Exception:
         finish_run(tracking_uri, run_id, status="FAILED")
         raise

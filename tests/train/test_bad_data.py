@@ -1,0 +1,77 @@
+"""Training over shards with a truncated tar and a corrupt PNG: the run completes and reports what it skipped;
+with ``data.max_skip_fraction=0`` it stops on the first skip with one line, without a Ray Train retry.
+
+Real local Ray cluster, DeepSpeed on CPU, MLflow on sqlite, the production ``mmclip-dist train`` CLI.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mmclip_devtools.fixtures.training import TrainAssets, finish_train, runs_of, start_train, tiny_config
+from mmclip_devtools.local_ray import LocalRayCluster
+
+pytestmark = pytest.mark.integration
+
+
+def _broken_copy(shards: Path, out: Path) -> Path:
+    """The shard folder, with train-000000.tar cut mid-member and the cc.png of train-000001.tar's first sample
+    replaced by bytes that are no PNG (the manifest still lists both, as after a bad copy)."""
+    shutil.copytree(shards, out)
+    first = out / "train-000000.tar"
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2 + 700])
+    second = out / "train-000001.tar"
+    with tarfile.open(second) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(second, "w", format=tarfile.GNU_FORMAT) as tar:
+        broken = False
+        for member, payload in members:
+            if not broken and member.name.endswith(".cc.png"):
+                payload, broken = b"\x89PNG\r\n\x1a\n" + b"not really" * 50, True
+                member.size = len(payload)
+            tar.addfile(member, io.BytesIO(payload))
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_corrupt_shards_are_skipped_and_reported_then_a_zero_budget_stops_without_retries(
+    train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
+) -> None:
+    shards = _broken_copy(train_assets.shards, tmp_path / "shards")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = [f"data.train_shards={shards}", "data.max_skip_fraction=0.5", f"tracking.tracking_uri={tracking_uri}"]
+    env = ray_node.env()
+
+    cfg = tiny_config(train_assets, tmp_path, [*common, "train.run_name=tolerant"])
+    proc, log = start_train(cfg, tmp_path, env, name="tolerant")
+    finish_train(proc, log, timeout=400)
+    (run,) = [r for r in runs_of(tracking_uri, "train-tests") if r.info.run_name == "tolerant"]
+    assert run.info.status == "FINISHED"
+    skipped = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "data/skipped_samples")
+    assert skipped and max(m.value for m in skipped) >= 1, skipped
+    assert (tmp_path / "model").is_dir()  # it ran to the end and exported
+
+    strict = tiny_config(
+        train_assets,
+        tmp_path,
+        [*common, "data.max_skip_fraction=0", "train.max_failures=3", "train.run_name=strict",
+         f"train.export_dir={tmp_path / 'strict-model'}"],
+    )
+    proc, log = start_train(strict, tmp_path, env, name="strict")
+    proc.wait(timeout=400)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == 1, output[-4000:]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: data: ") and "data.max_skip_fraction=0" in lines[-1], lines[-5:]
+    assert sum(line.startswith("error: ") for line in lines) == 1
+    assert "[FailurePolicy] RETRY" not in output  # one attempt: Ray Train was never asked to retry
+    (run,) = [r for r in runs_of(tracking_uri, "train-tests") if r.info.run_name == "strict"]
+    assert run.info.status == "FAILED"
+    assert not (tmp_path / "strict-model").exists()
