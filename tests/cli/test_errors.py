@@ -72,6 +72,27 @@ CASES = [
         1,
         "no shards named train-NNNNNN.tar",
     ),
+    ("no_shard_location", lambda i: ["train", "--config", DEBUG_YAML], {}, 1, "data.train_shards is empty"),
+    (
+        "eval_no_shards",
+        lambda i: ["eval", "--model", i["encoder"], "--shards", i["encoder"], "--config", DEBUG_YAML],
+        {},
+        1,
+        "no shards named test-NNNNNN.tar",
+    ),
+    (
+        "ablation_no_shards",
+        lambda i: [
+            "ablation",
+            "--config",
+            DEBUG_YAML,
+            f"data.train_shards={i['root']}/encoder",
+            f"model.text_encoder={i['encoder']}",
+        ],
+        {},
+        1,
+        "no shards named train-NNNNNN.tar",
+    ),
     (
         "hub_encoder_offline",
         lambda i: _train(i, "model.text_encoder=nobody/no-such-encoder"),

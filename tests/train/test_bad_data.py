@@ -61,8 +61,13 @@ def test_corrupt_shards_are_skipped_and_reported_then_a_zero_budget_stops_withou
     strict = tiny_config(
         train_assets,
         tmp_path,
-        [*common, "data.max_skip_fraction=0", "train.max_failures=3", "train.run_name=strict",
-         f"train.export_dir={tmp_path / 'strict-model'}"],
+        [
+            *common,
+            "data.max_skip_fraction=0",
+            "train.max_failures=3",
+            "train.run_name=strict",
+            f"train.export_dir={tmp_path / 'strict-model'}",
+        ],
     )
     proc, log = start_train(strict, tmp_path, env, name="strict")
     proc.wait(timeout=400)
