@@ -7,6 +7,7 @@ Read it top to bottom: build → restore → for each step: fetch micro-batches,
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -35,6 +36,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from mmclip_dist.model.tokenizer import load_tokenizer
     from mmclip_dist.train.deepspeed_config import build_deepspeed_config
     from mmclip_dist.train.export import export_model
+
+    if os.environ.get("MMCLIP_VERBOSE", "") in ("", "0"):
+        # "No CUDA runtime is found" (torch's JIT build of DeepSpeed's CPU op) and DeepSpeed's accelerator
+        # notices are noise on a CPU machine; --verbose keeps them.
+        for name in ("torch.utils.cpp_extension", "DeepSpeed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()

@@ -33,6 +33,7 @@ class ProgressReporter:
         self.tracking_uri, self.run_id, self.total = tracking_uri, run_id, total_steps
         self.emit, self.interval_s = emit, interval_s
         self.last_step = 0
+        self._client = None
         self._first: tuple[int, float] | None = None  # (step, time) of the first step seen: ETA baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mmclip-progress", daemon=True)
@@ -56,7 +57,9 @@ class ProgressReporter:
     def poll(self) -> None:
         from mmclip_dist.tracking import MlflowClient
 
-        client = MlflowClient(self.tracking_uri)
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        client = self._client
         losses = {m.step: m.value for m in client.get_metric_history(self.run_id, "loss")}
         speeds = {m.step: m.value for m in client.get_metric_history(self.run_id, "samples_per_s")}
         now = time.monotonic()
