@@ -78,8 +78,13 @@ def describe_error(err: BaseException) -> str:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line of the message; when it only announces what follows ("...error:"), the next one too."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def _is_yaml_error(err: BaseException) -> bool:
