@@ -30,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmclip_dist.eval.runner import evaluate, log_result, print_result
     from mmclip_dist.tracking import resolve_tracking_uri
     from mmclip_dist.train.input_checks import check_shards, check_tracking
 
@@ -40,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
     if args.mode:
         cfg.eval.mode = args.mode
     # Seconds, before a model is loaded or an MLflow run created.
-    check_shards(args.shards or cfg.data.eval_shards, cfg.data.s3_endpoint, cfg.data.eval_split, "--shards / data.eval_shards")
+    check_shards(
+        args.shards or cfg.data.eval_shards, cfg.data.s3_endpoint, cfg.data.eval_split, "--shards / data.eval_shards"
+    )
     if not args.no_mlflow:
         check_tracking(resolve_tracking_uri(cfg.tracking))
+    from mmclip_dist.eval.runner import evaluate, log_result, print_result  # torch: after the quick checks
+
     try:
         result = evaluate(cfg, args.model, args.shards)
     except (FileNotFoundError, ValueError, MemoryError) as err:
