@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import imagecodecs
@@ -235,13 +235,15 @@ def decode_or_skip(sample: dict[str, Any], cfg: DataConfig, skips: SkipCounter) 
         return None
 
 
-def tolerant_shard(url: str, endpoint: str | None, skips: SkipCounter) -> Iterator[dict[str, Any]]:
+def tolerant_shard(url: str, endpoint: str | None, skips: SkipCounter) -> Generator[dict[str, Any], None, bool]:
     """``iter_shard`` that ends (one skip counted) where the tar cannot be read further (truncated, corrupt);
-    the samples before that point are kept."""
+    the samples before that point are kept. Returns whether the whole shard could be read."""
     try:
         yield from iter_shard(url, endpoint)
     except Exception as err:  # noqa: BLE001 - tarfile/webdataset/storage raise assorted types for a bad shard
         skips.skip(url, "the rest", err)
+        return False
+    return True
 
 
 def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
@@ -298,11 +300,17 @@ def _resampled(
                 "run `mmclip-dist shards verify` on the shard folder"
             )
         url = rng.choice(live)
-        count, failed = 0, skips.total
-        for sample in tolerant_shard(url, endpoint, skips):
+        count = 0
+        reader = tolerant_shard(url, endpoint, skips)
+        while True:
+            try:
+                sample = next(reader)
+            except StopIteration as end:
+                readable = end.value  # (decode skips of its samples, counted meanwhile, do not retire a shard)
+                break
             count += 1
             yield sample
-        if skips.total != failed:
+        if not readable:
             live.remove(url)
         elif count == 0:
             empty.add(url)
