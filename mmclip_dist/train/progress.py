@@ -8,7 +8,6 @@ show while ``trainer.fit()`` blocks, so a thread polls the run and prints what i
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 
@@ -34,7 +33,7 @@ class ProgressReporter:
         self.emit, self.interval_s = emit, interval_s
         self.last_step = 0
         self._client = None
-        self._first: tuple[int, float] | None = None  # (step, time) of the first step seen: ETA baseline
+        self._first: tuple[int, float] | None = None  # (step, log time) of the first step seen: ETA baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mmclip-progress", daemon=True)
 
@@ -60,14 +59,16 @@ class ProgressReporter:
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         client = self._client
-        losses = {m.step: m.value for m in client.get_metric_history(self.run_id, "loss")}
+        losses = {m.step: m for m in client.get_metric_history(self.run_id, "loss")}
         speeds = {m.step: m.value for m in client.get_metric_history(self.run_id, "samples_per_s")}
-        now = time.monotonic()
         for step in sorted(s for s in losses if s > self.last_step):
+            # ETA from the logging timestamps (checkpoints and data waits included), not the poll times: several
+            # steps may arrive in one poll.
+            stamp = losses[step].timestamp / 1000.0
             if self._first is None:
-                self._first = (step, now)
-            first_step, first_time = self._first
-            rate = (step - first_step) / (now - first_time) if now > first_time and step > first_step else None
-            eta = (self.total - step) / rate if rate else None
-            self.emit(progress_line(step, self.total, losses[step], speeds.get(step, float("nan")), eta))
+                self._first = (step, stamp)
+            first_step, first_stamp = self._first
+            per_step = (stamp - first_stamp) / (step - first_step) if step > first_step else None
+            eta = (self.total - step) * per_step if per_step is not None else None
+            self.emit(progress_line(step, self.total, losses[step].value, speeds.get(step, float("nan")), eta))
             self.last_step = step

@@ -40,43 +40,53 @@ def _broken_copy(shards: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.timeout(900)
-def test_corrupt_shards_are_skipped_and_reported_then_a_zero_budget_stops_without_retries(
-    train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
-) -> None:
-    shards = _broken_copy(train_assets.shards, tmp_path / "shards")
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = [f"data.train_shards={shards}", "data.max_skip_fraction=0.5", f"tracking.tracking_uri={tracking_uri}"]
-    env = ray_node.env()
+@pytest.fixture(scope="module")
+def broken_shards(train_assets: TrainAssets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _broken_copy(train_assets.shards, tmp_path_factory.mktemp("broken") / "shards")
 
-    cfg = tiny_config(train_assets, tmp_path, [*common, "train.run_name=tolerant"])
-    proc, log = start_train(cfg, tmp_path, env, name="tolerant")
-    finish_train(proc, log, timeout=400)
-    (run,) = [r for r in runs_of(tracking_uri, "train-tests") if r.info.run_name == "tolerant"]
+
+def _overrides(shards: Path, tmp_path: Path, name: str, fraction: float) -> list[str]:
+    return [
+        f"data.train_shards={shards}",
+        f"data.max_skip_fraction={fraction}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"train.run_name={name}",
+        f"train.export_dir={tmp_path / name}",
+        "train.max_failures=3",  # a retry loop would show here; a data stop must not use it
+    ]
+
+
+@pytest.mark.timeout(900)
+def test_corrupt_shards_are_skipped_and_reported(
+    train_assets: TrainAssets, broken_shards: Path, ray_node: LocalRayCluster, tmp_path: Path
+) -> None:
+    cfg = tiny_config(train_assets, tmp_path, _overrides(broken_shards, tmp_path, "tolerant", 0.5))
+    proc, log = start_train(cfg, tmp_path, ray_node.env(), name="tolerant")
+    output = finish_train(proc, log, timeout=600)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (run,) = runs_of(tracking_uri, "train-tests")
     assert run.info.status == "FINISHED"
     skipped = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "data/skipped_samples")
     assert skipped and max(m.value for m in skipped) >= 1, skipped
-    assert (tmp_path / "model").is_dir()  # it ran to the end and exported
+    assert (tmp_path / "tolerant").is_dir()  # it ran to the end and exported
+    assert "skipping the rest of shard train-000000.tar" in output  # named once, in the worker log
+    assert "[FailurePolicy] RETRY" not in output
 
-    strict = tiny_config(
-        train_assets,
-        tmp_path,
-        [
-            *common,
-            "data.max_skip_fraction=0",
-            "train.max_failures=3",
-            "train.run_name=strict",
-            f"train.export_dir={tmp_path / 'strict-model'}",
-        ],
-    )
-    proc, log = start_train(strict, tmp_path, env, name="strict")
-    proc.wait(timeout=400)
+
+@pytest.mark.timeout(900)
+def test_zero_skip_budget_stops_with_one_line_and_no_retry(
+    train_assets: TrainAssets, broken_shards: Path, ray_node: LocalRayCluster, tmp_path: Path
+) -> None:
+    cfg = tiny_config(train_assets, tmp_path, _overrides(broken_shards, tmp_path, "strict", 0.0))
+    proc, log = start_train(cfg, tmp_path, ray_node.env(), name="strict")
+    proc.wait(timeout=600)
     output = log.read_text(errors="replace")
     assert proc.returncode == 1, output[-4000:]
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines[-1].startswith("error: data: ") and "data.max_skip_fraction=0" in lines[-1], lines[-5:]
     assert sum(line.startswith("error: ") for line in lines) == 1
     assert "[FailurePolicy] RETRY" not in output  # one attempt: Ray Train was never asked to retry
-    (run,) = [r for r in runs_of(tracking_uri, "train-tests") if r.info.run_name == "strict"]
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (run,) = runs_of(tracking_uri, "train-tests")
     assert run.info.status == "FAILED"
-    assert not (tmp_path / "strict-model").exists()
+    assert not (tmp_path / "strict").exists()  # stopped before the end: no export

@@ -62,3 +62,32 @@ def test_progress_line() -> None:
     assert format_eta(5) == "5s" and format_eta(75) == "1m15s" and format_eta(3720) == "1h02m"
     assert progress_line(3, 20, 2.71828, 6.43, 41) == "step 3/20  loss 2.7183  6.4 samples/s  ETA 41s"
     assert progress_line(1, 20, 3.0, 1.0, None).endswith("ETA ?")
+
+
+def test_progress_reporter_reads_new_steps_from_the_run(tmp_path: Path) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from mmclip_dist.train.progress import ProgressReporter
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("progress")).info.run_id
+    lines: list[str] = []
+    reporter = ProgressReporter(uri, run_id, total_steps=4, emit=lines.append)
+
+    def log(step: int) -> None:  # one step every 10 s of logging time
+        ts = 1_000_000 + step * 10_000
+        client.log_batch(run_id, metrics=[Metric("loss", 4.0 - step, ts, step), Metric("samples_per_s", 8.0, ts, step)])
+
+    log(1)
+    log(2)
+    reporter.poll()
+    log(3)
+    reporter.poll()
+    reporter.poll()  # nothing new: nothing printed
+    assert lines == [
+        "step 1/4  loss 3.0000  8.0 samples/s  ETA ?",
+        "step 2/4  loss 2.0000  8.0 samples/s  ETA 20s",
+        "step 3/4  loss 1.0000  8.0 samples/s  ETA 10s",
+    ]
