@@ -77,7 +77,9 @@ def test_corrupt_shards_are_skipped_and_reported(
 def test_zero_skip_budget_stops_with_one_line_and_no_retry(
     train_assets: TrainAssets, broken_shards: Path, ray_node: LocalRayCluster, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(train_assets, tmp_path, _overrides(broken_shards, tmp_path, "strict", 0.0))
+    # One rank is enough to show the stop (the cross-rank sum runs in the test above) and halves the memory.
+    one_rank = ["train.num_workers=1", "train.global_batch=4"]
+    cfg = tiny_config(train_assets, tmp_path, [*_overrides(broken_shards, tmp_path, "strict", 0.0), *one_rank])
     proc, log = start_train(cfg, tmp_path, ray_node.env(), name="strict")
     proc.wait(timeout=600)
     output = log.read_text(errors="replace")
