@@ -20,23 +20,28 @@ from mmclip_devtools.local_ray import LocalRayCluster
 pytestmark = pytest.mark.integration
 
 
-def _broken_copy(shards: Path, out: Path) -> Path:
-    """The shard folder, with train-000000.tar cut mid-member and the cc.png of train-000001.tar's first sample
-    replaced by bytes that are no PNG (the manifest still lists both, as after a bad copy)."""
-    shutil.copytree(shards, out)
-    first = out / "train-000000.tar"
-    data = first.read_bytes()
-    first.write_bytes(data[: len(data) // 2 + 700])
-    second = out / "train-000001.tar"
-    with tarfile.open(second) as tar:
+def _break_png(shard: Path) -> None:
+    """Replace the cc.png of the shard's first sample by bytes that are no PNG."""
+    with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(second, "w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
         broken = False
         for member, payload in members:
             if not broken and member.name.endswith(".cc.png"):
                 payload, broken = b"\x89PNG\r\n\x1a\n" + b"not really" * 50, True
                 member.size = len(payload)
             tar.addfile(member, io.BytesIO(payload))
+
+
+def _broken_copy(shards: Path, out: Path, every_shard: bool = False) -> Path:
+    """The shard folder, with train-000000.tar cut mid-member and a corrupt cc.png in train-000001.tar (in every
+    other shard too with ``every_shard``); the manifest still lists them all, as after a bad copy."""
+    shutil.copytree(shards, out)
+    first = out / "train-000000.tar"
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2 + 700])
+    for shard in sorted(out.glob("train-*.tar"))[1:] if every_shard else [out / "train-000001.tar"]:
+        _break_png(shard)
     return out
 
 
@@ -75,11 +80,13 @@ def test_corrupt_shards_are_skipped_and_reported(
 
 @pytest.mark.timeout(900)
 def test_zero_skip_budget_stops_with_one_line_and_no_retry(
-    train_assets: TrainAssets, broken_shards: Path, ray_node: LocalRayCluster, tmp_path: Path
+    train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
 ) -> None:
-    # One rank is enough to show the stop (the cross-rank sum runs in the test above) and halves the memory.
+    # One rank is enough to show the stop (the cross-rank sum runs in the test above) and halves the memory;
+    # every shard has a bad sample, so the first shard it reads is bad.
+    shards = _broken_copy(train_assets.shards, tmp_path / "shards", every_shard=True)
     one_rank = ["train.num_workers=1", "train.global_batch=4"]
-    cfg = tiny_config(train_assets, tmp_path, [*_overrides(broken_shards, tmp_path, "strict", 0.0), *one_rank])
+    cfg = tiny_config(train_assets, tmp_path, [*_overrides(shards, tmp_path, "strict", 0.0), *one_rank])
     proc, log = start_train(cfg, tmp_path, ray_node.env(), name="strict")
     proc.wait(timeout=600)
     output = log.read_text(errors="replace")
