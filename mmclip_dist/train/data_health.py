@@ -36,7 +36,8 @@ class SkipBudget:
     """Running total of skipped samples over all ranks and the run's limit."""
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
-        self.limit = cfg.data.max_skip_fraction * cfg.train.max_steps * cfg.train.global_batch
+        self.samples = cfg.train.max_steps * cfg.train.global_batch  # what the run reads in all
+        self.limit = cfg.data.max_skip_fraction * self.samples
         self.fraction = cfg.data.max_skip_fraction
         self.device = device
         self.total = 0
@@ -58,7 +59,7 @@ class SkipBudget:
         if self.total > self.limit:
             return (
                 f"data: {self.total} samples could not be read or decoded, more than "
-                f"data.max_skip_fraction={self.fraction:g} of the run's {self.limit / max(self.fraction, 1e-12):.0f} "
+                f"data.max_skip_fraction={self.fraction:g} of the run's {self.samples} "
                 "samples; the worker log names the shards (run `mmclip-dist shards verify`, or raise the limit)"
             )
         return None
