@@ -157,6 +157,12 @@ class DataConfig(_Section):
     s3_endpoint: Annotated[str | None, Url()] = Field(
         None, description="S3 endpoint URL (None: boto3 default / AWS_ENDPOINT_URL)"
     )
+    max_skip_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="unreadable/undecodable samples skipped before the run stops, as a fraction of its samples",
+    )
 
 
 class ModelConfig(_Section):
@@ -329,6 +335,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a YAML file (or start from defaults), apply dotted overrides, validate."""
     tree: dict[str, Any] = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"config file {str(path)!r} not found; pass --config with an existing YAML (e.g. launch/configs/debug.yaml)"
+            )
         text = Path(path).read_text()
         tree = yaml.safe_load(text) or {}
         if not isinstance(tree, dict):
@@ -339,22 +349,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(tree)
     except ValidationError as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}:\n{_describe_errors(err)}") from None
+        raise ConfigError(
+            f"invalid config{where}: {_describe_errors(err)} (`mmclip-dist config --docs` lists every key)"
+        ) from None
 
 
 def _describe_errors(err: ValidationError) -> str:
-    """One line per problem, ``dotted.field: message (got value)``; a ``Secret`` field's value is never shown."""
+    """Every problem on one line, ``dotted.field: message (got value)``; a ``Secret`` field's value is never shown."""
     secret = {name for name, info in _field_infos(Config) if _marker(info, Secret) is not None}
-    lines = []
+    parts = []
     for problem in err.errors(include_url=False):
         dotted = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            parts.append(f"{dotted}: unknown key")
+            continue
         shown = (
             ""
             if dotted in secret or "input" not in problem
             else f" (got {strip_url_credentials(repr(problem['input']))})"
         )
-        lines.append(f"  {dotted}: {problem['msg']}{shown}")
-    return "\n".join(lines)
+        parts.append(f"{dotted}: {problem['msg']}{shown}")
+    return "; ".join(parts)
 
 
 def _field_infos(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:

@@ -12,12 +12,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
 from mmclip_dist.config import Config, TrackingConfig, flatten, redacted_dump, url_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def MlflowClient(tracking_uri: str) -> Any:  # noqa: N802 - stands in for the class it returns
+    """``mlflow.tracking.MlflowClient``, imported on first use: importing mlflow costs seconds, which a driver
+    that only checks its inputs (``train.input_checks``) or reports a bad config should not pay."""
+    from mlflow.tracking import MlflowClient as Client
+
+    return Client(tracking_uri)
+
+
 _MLFLOW_PARAM_MAX = 6000
 
 
@@ -50,6 +57,8 @@ def start_run(
     next to the config's params. Uses a client bound to the URI rather than MLflow's process-global
     tracking URI and experiment, so starting a run never changes where other code in the same process logs.
     """
+    from mlflow.entities import Param
+
     client = MlflowClient(resolve_tracking_uri(cfg.tracking))
     name = experiment or cfg.tracking.experiment
     found = client.get_experiment_by_name(name)
@@ -60,7 +69,7 @@ def start_run(
     items = list(params.items())
     for start in range(0, len(items), 100):  # MLflow caps params per batch call
         chunk = items[start : start + 100]
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in chunk])
+        client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
     client.log_text(run_id, redacted_dump(cfg), config_artifact)
     return run_id
 
@@ -98,7 +107,9 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._client is None:  # not rank 0
             return
-        entities = [mlflow.entities.Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
+        from mlflow.entities import Metric
+
+        entities = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
         self._client.log_batch(self.run_id, metrics=entities)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

@@ -24,9 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmclip_dist.train.input_checks import check_shards, check_train_inputs
     from mmclip_dist.train.ray_env import connect_ray
 
     cfg = config_from_args(args)
+    check_train_inputs(cfg)  # seconds, before Ray workers or an MLflow run exist
+    check_shards(cfg.data.eval_shards, cfg.data.s3_endpoint, cfg.data.eval_split, "data.eval_shards")
     connect_ray(
         cfg.train.num_workers * cfg.train.cpus_per_worker
     )  # first: Ray must be configured before anything imports it

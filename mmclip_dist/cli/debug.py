@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+import warnings
 from pathlib import Path
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
@@ -14,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(parser, default="launch/configs/debug.yaml")
     parser.add_argument("--workdir", default="runs/debug", help="folder for every artefact (default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="reuse --workdir instead of starting from an empty one")
+    parser.add_argument("--verbose", action="store_true", help="keep third-party warnings of the driver and workers")
     parser.set_defaults(func=run)
 
 
@@ -23,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from mmclip_dist.train.ray_env import connect_ray
     from mmclip_dist.workflows.debug_run import run_debug_pipeline
 
+    if args.verbose:
+        os.environ["MMCLIP_VERBOSE"] = "1"  # the workers inherit MMCLIP_* (train.loop.worker_env)
+    else:
+        warnings.filterwarnings("ignore")
     cfg = config_from_args(args)
     workdir = Path(args.workdir)
     if workdir.exists() and not args.keep:
@@ -32,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     connect_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
     summary = run_debug_pipeline(cfg, workdir)
     elapsed = time.perf_counter() - started
+    import ray
+
+    ray.shutdown()  # worker log lines still in flight are printed now, not after the summary
+    sys.stdout.flush()
+    sys.stderr.flush()
     zs = summary.zero_shot
     print("\n=== mmclip-dist debug: summary ===")
     print(f"samples          {summary.samples}  in {summary.shards} shards ({summary.rejects} rejects)")

@@ -30,15 +30,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmclip_dist.eval.result_mlflow import log_result
-    from mmclip_dist.eval.result_table import print_result
-    from mmclip_dist.eval.runner import evaluate
+    from mmclip_dist.tracking import resolve_tracking_uri
+    from mmclip_dist.train.input_checks import check_shards, check_tracking
 
     cfg = config_from_args(args)
     if args.task:
         cfg.eval.task = args.task
     if args.mode:
         cfg.eval.mode = args.mode
+    # Seconds, before a model is loaded or an MLflow run created.
+    check_shards(
+        args.shards or cfg.data.eval_shards, cfg.data.s3_endpoint, cfg.data.eval_split, "--shards / data.eval_shards"
+    )
+    if not args.no_mlflow:
+        check_tracking(resolve_tracking_uri(cfg.tracking))
+    # torch and mlflow load here, after the quick checks
+    from mmclip_dist.eval.result_mlflow import log_result
+    from mmclip_dist.eval.result_table import print_result
+    from mmclip_dist.eval.runner import evaluate
+
     try:
         result = evaluate(cfg, args.model, args.shards)
     except (FileNotFoundError, ValueError, MemoryError) as err:

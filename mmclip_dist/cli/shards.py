@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
@@ -30,6 +31,12 @@ def run_build(args: argparse.Namespace) -> int:
     from mmclip_dist.data.build.deid import SaltError
 
     cfg = config_from_args(args).shards
+    if cfg.output.startswith("s3://"):
+        from mmclip_dist.train.input_checks import check_reachable
+
+        check_reachable(
+            cfg.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", ""), "the S3 endpoint (shards.s3_endpoint)"
+        )
     try:
         result = build_shards(cfg, progress=not args.no_progress)
     except (AdapterError, SaltError) as err:
@@ -60,7 +67,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from mmclip_dist.data.build.shard_writer import ShardSink, verify_output
+    from mmclip_dist.train.input_checks import check_reachable
 
+    if args.output.startswith("s3://"):
+        check_reachable(args.endpoint or os.environ.get("AWS_ENDPOINT_URL", ""), "the S3 endpoint (--endpoint)")
     problems = verify_output(ShardSink(args.output, args.endpoint, create=False))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 
 from mmclip_dist.cli.common import add_config_args, config_from_args
 from mmclip_dist.config import strip_url_credentials
+from mmclip_dist.train.input_checks import check_train_inputs
 from mmclip_dist.train.ray_env import connect_ray
 
 
@@ -20,12 +21,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.resume:
         cfg.train.resume = True
+    check_train_inputs(cfg)  # seconds, before Ray workers or an MLflow run exist
     connect_ray(
         cfg.train.num_workers * cfg.train.cpus_per_worker
     )  # first: Ray must be configured before anything imports it
     from mmclip_dist.train.trainer import run_training
 
-    result = run_training(cfg)
+    result = run_training(cfg, progress=print)
     print(
         f"MLflow run {result.mlflow_run_id} ({strip_url_credentials(result.tracking_uri)}); "
         f"model exported to {strip_url_credentials(result.export_dir)}"

@@ -7,6 +7,7 @@ Read it top to bottom: build → restore → for each step: fetch micro-batches,
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -16,9 +17,11 @@ import torch
 import torch.distributed as dist
 
 from mmclip_dist.config import Config, secret_env_names
+from mmclip_dist.data.stream.loader import DataSkipError
 from mmclip_dist.losses.distributed import mean_across_ranks
 from mmclip_dist.tracking import RunLogger
 from mmclip_dist.train.callbacks import load_step_callback
+from mmclip_dist.train.data_health import DATA_ERROR_KEY, SkipBudget
 from mmclip_dist.train.state import TrainState, restore, save_and_report
 from mmclip_dist.train.step_batches import step_stream
 
@@ -33,6 +36,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from mmclip_dist.model.tokenizer import load_tokenizer
     from mmclip_dist.train.deepspeed_config import build_deepspeed_config
     from mmclip_dist.train.export import export_model
+
+    if os.environ.get("MMCLIP_VERBOSE", "") in ("", "0"):
+        # "No CUDA runtime is found" (torch's JIT build of DeepSpeed's CPU op) and DeepSpeed's accelerator
+        # notices are noise on a CPU machine; --verbose keeps them.
+        for name in ("torch.utils.cpp_extension", "DeepSpeed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
@@ -56,6 +65,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
     callback = load_step_callback(cfg.train.step_callback, rank, state.step)
+    skip_budget = SkipBudget(cfg, device)
 
     def backward_and_step(surrogate: torch.Tensor) -> None:
         # The cache hands us gradients of the *global* loss, so DeepSpeed must not divide by GAS again;
@@ -68,8 +78,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with torch.random.fork_rng(devices=[]):
             # The DataLoader draws a seed from the global RNG per epoch; kept out of it, the dropout
             # stream depends only on the step, so a resumed run draws the masks an uninterrupted one does.
-            batch = next(steps)
+            try:
+                batch = next(steps)
+            except DataSkipError:  # this rank's shards are all unreadable: stop with the others, below
+                batch = None
+        stop_reason = skip_budget.update(batch.micro_batches if batch else None, reader_failed=batch is None)
+        if stop_reason is not None:
+            # Every rank leaves together; the driver reads the tag and fails the run (an exception here would
+            # make Ray Train retry on the same data).
+            logger.log_metrics({"data/skipped_samples": float(skip_budget.total)}, step=state.step)
+            logger.set_tag(DATA_ERROR_KEY, stop_reason)
+            break
         fetched = time.perf_counter()
+        assert batch is not None  # a reader failure stopped the loop above
         micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
         terms = cache.step(micro_batches, forward=engine, backward=backward_and_step)
         done = time.perf_counter()
@@ -81,6 +102,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "samples_per_s": cfg.train.global_batch / (done - started),
             "data_wait_fraction": (fetched - started) / (done - started),
             "epoch": float(state.epoch),
+            "data/skipped_samples": float(skip_budget.total),
         }
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
             logger.log_metrics(metrics, step=state.step)
@@ -114,6 +136,10 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     secret = set(secret_env_names())
+    if os.environ.get("MMCLIP_VERBOSE", "") in ("", "0"):
+        # Third-party deprecation notices and CUDA probes on a CPU machine bury the progress lines; --verbose
+        # (MMCLIP_VERBOSE=1) keeps them.
+        env["PYTHONWARNINGS"] = "ignore"
     for name, value in os.environ.items():
         # The project's own variables (MMCLIP_*: callback settings) follow the driver to every worker; credentials
         # (the id salt) do not: a worker's runtime_env is shown by Ray's dashboard and state API.

@@ -33,6 +33,9 @@ def connect_ray(num_cpus: int) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
+        from mmclip_dist.train.input_checks import check_ray_address
+
+        check_ray_address()  # ray.init would wait about a minute on a dead address
         ray.init(log_to_driver=True)
         return
     init_local_ray(num_cpus=num_cpus)

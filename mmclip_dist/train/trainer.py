@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mmclip_dist.config import Config
+from mmclip_dist.data.stream.loader import DataSkipError
 from mmclip_dist.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
+from mmclip_dist.train.data_health import take_data_error
 from mmclip_dist.train.loop import train_worker, worker_env
+from mmclip_dist.train.progress import ProgressReporter
 from mmclip_dist.train.state import STATE_FILE, TrainState
 
 
@@ -57,8 +61,9 @@ def latest_checkpoint_state(fs: pafs.FileSystem, run_dir: str) -> TrainState | N
     return None
 
 
-def run_training(cfg: Config) -> TrainResult:
-    """Train with ``cfg`` on the connected Ray cluster; returns when the run (and its retries) ends."""
+def run_training(cfg: Config, progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Train with ``cfg`` on the connected Ray cluster; returns when the run (and its retries) ends.
+    ``progress`` receives a line per logged step (step/total, loss, samples/s, ETA)."""
     train = cfg.train
     fs, root = storage_location(train.storage_path, train.storage_endpoint)
     run_dir = posixpath.join(root, train.run_name)
@@ -75,6 +80,7 @@ def run_training(cfg: Config) -> TrainResult:
     if previous is not None:
         run_id = previous.mlflow_run_id
         reopen_run(tracking_uri, run_id)
+        take_data_error(tracking_uri, run_id)  # a stop of an earlier attempt does not apply to this one
     else:
         run_id = start_run(cfg, train.run_name, {"ray_run": train.run_name})
     trainer = TorchTrainer(
@@ -100,10 +106,18 @@ def run_training(cfg: Config) -> TrainResult:
         ),
     )
     try:
-        result = trainer.fit()
+        if progress is None:
+            result = trainer.fit()
+        else:
+            with ProgressReporter(tracking_uri, run_id, cfg.train.max_steps, progress):
+                result = trainer.fit()
     except Exception:
         finish_run(tracking_uri, run_id, status="FAILED")
         raise
+    data_error = take_data_error(tracking_uri, run_id)
+    if data_error:
+        finish_run(tracking_uri, run_id, status="FAILED")
+        raise DataSkipError(data_error)
     finish_run(tracking_uri, run_id)
     return TrainResult(
         mlflow_run_id=run_id,

@@ -8,6 +8,7 @@ DeepSpeed, MLflow); only the data and the model sizes are small.
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,13 @@ class DebugSummary:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {strip_url_credentials(self.tracking_uri)} --host 127.0.0.1 --port 5000"
+        """A command that works as printed from any folder: the store is an absolute sqlite path, and ``mlflow``
+        is named by the path of this interpreter's copy (the virtualenv need not be activated)."""
+        local = Path(sys.executable).parent / "mlflow"
+        mlflow = str(local) if local.is_file() else "mlflow"
+        return (
+            f"{mlflow} ui --backend-store-uri {strip_url_credentials(self.tracking_uri)} --host 127.0.0.1 --port 5000"
+        )
 
 
 def training_reports(shard_paths: list[Path]) -> list[str]:
@@ -118,7 +125,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
         f"({pretrained}) in {cfg.model.text_encoder}"
     )
 
-    result = run_training(cfg)
+    result = run_training(cfg, progress=lambda line: log(f"      {line}"))
     lap("train")
     log(
         f"[4/5] trained {cfg.train.max_steps} steps on {cfg.train.num_workers} Ray workers (DeepSpeed ZeRO-{cfg.train.zero_stage})"

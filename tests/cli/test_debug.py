@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,22 @@ def test_debug_pipeline_logs_every_loss_term_and_eval_metrics(tmp_path: Path) ->
         "eval.bootstrap=50",
     ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
+    # stderr into stdout: what a user sees in the terminal, in the order it was written.
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-8000:]
     assert "zero-shot AUC" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    # Progress from the driver while training runs: one line per logged step, with loss, speed and ETA.
+    progress = re.findall(r"step (\d+)/4  loss (\d+\.\d+)  (\d+\.\d+|nan) samples/s  ETA (\S+)", done.stdout)
+    assert [int(step) for step, *_ in progress] == [1, 2, 3, 4], done.stdout[-8000:]
+    # The summary is the last thing printed: no late worker line after it.
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    start = lines.index("=== mmclip-dist debug: summary ===")
+    summary = lines[start:]
+    assert len(summary) == 8 and summary[-1].startswith("open the UI"), summary
+    # No third-party deprecation or CUDA warnings without --verbose.
+    assert "DeprecationWarning" not in done.stdout and "FutureWarning" not in done.stdout
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mmclip-debug")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -361,3 +362,253 @@ def test_generic_missing_column(tmp_path: Path) -> None:
     csv_path = write_csv(tmp_path / "set.csv", ["patient_id", "image_path", "laterality", "view"], [])
     with pytest.raises(AdapterError, match=r"set.csv: missing column\(s\) \['label'\]"):
         read_dataset(ShardsConfig(dataset="generic", input=str(csv_path)))
+
+
+# ------------------------------------------------------------------------- numbers as real exports write them
+
+
+def test_parse_number_forms() -> None:
+    from mmclip_dist.data.build.adapters import BadValue, parse_id, parse_number
+
+    for text in ("1", "1.0", " 1 ", "1.000", "+1"):
+        assert parse_number({"c": text}, "c") == 1
+    for text in ("", "nan", "NaN", " NA ", "null"):
+        assert parse_number({"c": text}, "c") is None
+    assert parse_number({"c": "61.5"}, "c", integer=False) == 61.5
+    for text, kw in (("1.5", {}), ("x", {}), ("7", {"low": 0, "high": 6}), ("", {"required": True}), ("inf", {})):
+        with pytest.raises(BadValue) as err:
+            parse_number({"c": text}, "c", **kw)
+        assert str(err.value).startswith(f"c {text!r} is not ")
+    assert (parse_id("462822612.0"), parse_id("00123"), parse_id("a.0"), parse_id("12.5")) == (
+        "462822612",
+        "00123",
+        "a.0",
+        "12.5",
+    )
+
+
+def _forms(value: str) -> list[str]:
+    """The spellings of one number seen in real CSV exports."""
+    return [value, f"{value}.0", f" {value} "]
+
+
+def _check_forms(read, column: str, value: str, expected, required: bool, tmp_path: Path) -> None:
+    """Every spelling of ``value`` in ``column`` gives ``expected``; empty / nan give None (or, when required, a
+    reject naming only that column and value); a non-number is a reject naming only that column and value."""
+    for i, text in enumerate(_forms(value)):
+        result, got = read(tmp_path / f"ok{i}", column, text)
+        assert [r for r in result.rejects if r.counts] == [], (column, text, result.rejects)
+        assert got == expected, (column, text, got)
+    for i, text in enumerate(["", "nan"] + ["abc"]):
+        result, got = read(tmp_path / f"missing{i}", column, text)
+        if required or text == "abc":
+            (bad,) = [r for r in result.rejects if r.counts]
+            assert bad.detail.startswith(f"{column} {text!r} is not"), bad.detail
+            # Only the offending value is named: no other column of the row.
+            assert bad.detail.count("'") == 2 and ".csv:" in bad.source
+        else:
+            assert [r for r in result.rejects if r.counts] == [], (column, text, result.rejects)
+            assert got is None or expected == "parsed", (column, text, got)  # "parsed": the column is only checked
+
+
+def _read_rsna(root: Path, column: str, text: str):
+    rows = [
+        _rsna_row("10006", "462822612", "L", "CC", cancer="1", BIRADS="2"),
+        _rsna_row("10006", "1459541791", "L", "MLO", cancer="1", BIRADS="2"),
+    ]
+    for row in rows:
+        row[column] = text
+    write_csv(root / "train.csv", list(rows[0]), rows)
+    for row in rows:
+        _touch(root / "train_images" / row["patient_id"].split(".")[0] / f"{row['image_id'].split('.')[0]}.dcm")
+    result = read_dataset(ShardsConfig(dataset="rsna", input=str(root)))
+    record = result.records[0] if result.records else None
+    got = {"cancer": lambda r: r.label_malignant, "BIRADS": lambda r: r.birads}.get(column, lambda r: "parsed")
+    return result, (got(record) if record else None)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected", "required"),
+    [
+        ("cancer", "1", 1, True),
+        ("BIRADS", "2", 2, False),
+        ("age", "61", "parsed", False),
+        ("biopsy", "1", "parsed", False),
+        ("invasive", "0", "parsed", False),
+        ("implant", "0", "parsed", False),
+        ("site_id", "2", "parsed", False),
+        ("machine_id", "49", "parsed", False),
+    ],
+)
+def test_rsna_numeric_columns_in_every_export_form(tmp_path: Path, column, value, expected, required) -> None:
+    _check_forms(_read_rsna, column, value, expected, required, tmp_path)
+
+
+def test_rsna_float_ids_name_the_same_files(tmp_path: Path) -> None:
+    rows = [_rsna_row("10006.0", "462822612.0", "L", "CC"), _rsna_row("10006", "1459541791", "L", "MLO")]
+    write_csv(tmp_path / "train.csv", list(rows[0]), rows)
+    for image in ("462822612", "1459541791"):
+        _touch(tmp_path / "train_images" / "10006" / f"{image}.dcm")
+    (record,) = read_dataset(ShardsConfig(dataset="rsna", input=str(tmp_path))).records
+    assert record.breast_id == "10006_L" and Path(record.views["cc"].path).name == "462822612.dcm"
+
+
+def test_rsna_reject_names_only_the_bad_value(tmp_path: Path) -> None:
+    rows = [_rsna_row("1", "11", "L", "CC", cancer="1", BIRADS="9"), _rsna_row("1", "12", "L", "MLO", cancer="1")]
+    write_csv(tmp_path / "train.csv", list(rows[0]), rows)
+    (reject,) = read_dataset(ShardsConfig(dataset="rsna", input=str(tmp_path))).rejects
+    assert (reject.reason, reject.detail) == ("bad_label", "BIRADS '9' is not an integer in 0..6")
+    # A breast-level reject lists every row of the breast.
+    assert reject.source == "train.csv:2,train.csv:3"
+
+
+def _read_vindr(root: Path, column: str, text: str):
+    rows = vindr_rows("s1", lateralities="L")
+    findings = [finding(rows[0], (10, 12, 20, 22)), no_finding(rows[1])]
+    if column in ("height", "width", "breast_birads"):
+        for row in rows:
+            row[column] = text
+        findings = [{**f, column: text} for f in findings]
+    else:
+        findings[0][column] = text
+    root.mkdir(parents=True)
+    write_vindr(root, vindr_rows("s1", lateralities="L"), [], images=True)  # DICOMs at the normal size
+    write_vindr(root, rows, findings, images=False)
+    result = read_dataset(_vindr_cfg(root))
+    record = result.records[0] if result.records else None
+    got = {
+        "breast_birads": lambda r: r.birads,
+        "finding_birads": lambda r: r.views["cc"].finding_birads[0],
+        "height": lambda r: "parsed",
+        "width": lambda r: "parsed",
+    }.get(column, lambda r: r.views["cc"].boxes[0])
+    return result, (got(record) if record else None)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected", "required"),
+    [
+        ("breast_birads", "4", 4, True),
+        ("finding_birads", "5", 5, False),
+        ("height", "64", "parsed", False),
+        ("width", "48", "parsed", False),
+        ("xmin", "10", [10.0, 12.0, 20.0, 22.0], True),
+        ("ymin", "12", [10.0, 12.0, 20.0, 22.0], True),
+        ("xmax", "20", [10.0, 12.0, 20.0, 22.0], True),
+        ("ymax", "22", [10.0, 12.0, 20.0, 22.0], True),
+    ],
+)
+def test_vindr_numeric_columns_in_every_export_form(tmp_path: Path, column, value, expected, required) -> None:
+    _check_forms(_read_vindr, column, value, expected, required, tmp_path)
+
+
+def _cbis_row(folder: str, **kw) -> dict:
+    return {
+        "patient_id": "P_00001",
+        "breast_density": "3",
+        "left or right breast": "LEFT",
+        "image view": "CC",
+        "abnormality id": "1",
+        "abnormality type": "mass",
+        "assessment": "4",
+        "pathology": "MALIGNANT",
+        "subtlety": "3",
+        "image file path": f"{folder}/1.2.3/1.2.4/000000.dcm",
+        "cropped image file path": f"{folder}_1/1.2.5/1.2.6/000000.dcm",
+        "ROI mask file path": f"{folder}_1/1.2.5/1.2.6/000001.dcm",
+        **kw,
+    }
+
+
+def _write_cbis(root: Path, rows: list[dict]) -> Path:
+    from mmclip_devtools.fixtures.datasets import CBIS_MASS_COLUMNS
+
+    write_csv(root / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, rows)
+    for r in rows:
+        for key in ("image file path", "cropped image file path", "ROI mask file path"):
+            _touch(root / r[key])
+    return root
+
+
+def _read_cbis(root: Path, column: str, text: str):
+    rows = [
+        _cbis_row("Mass-Training_P_00001_LEFT_CC", **{column: text}),
+        _cbis_row("Mass-Training_P_00001_LEFT_MLO", **{"image view": "MLO", column: text}),
+    ]
+    result = read_dataset(ShardsConfig(dataset="cbis", input=str(_write_cbis(root, rows))))
+    record = result.records[0] if result.records else None
+    got = {"breast_density": lambda r: r.density, "assessment": lambda r: r.birads}.get(column, lambda r: "parsed")
+    return result, (got(record) if record else None)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected", "required"),
+    [
+        ("breast_density", "3", "C", True),
+        ("assessment", "4", 4, False),
+        ("abnormality id", "1", "parsed", True),
+        ("subtlety", "3", "parsed", False),
+    ],
+)
+def test_cbis_numeric_columns_in_every_export_form(tmp_path: Path, column, value, expected, required) -> None:
+    _check_forms(_read_cbis, column, value, expected, required, tmp_path)
+
+
+def test_cbis_duplicate_row_is_rejected_not_a_second_box(tmp_path: Path) -> None:
+    rows = [
+        _cbis_row("Mass-Training_P_00001_LEFT_CC"),
+        _cbis_row("Mass-Training_P_00001_LEFT_MLO", **{"image view": "MLO"}),
+    ]
+    rows.insert(1, dict(rows[0]))
+    result = read_dataset(ShardsConfig(dataset="cbis", input=str(_write_cbis(tmp_path, rows))))
+    (record,) = result.records
+    assert len(record.views["cc"].mask_candidates) == 1 and record.views["cc"].box_labels == ["Mass"]
+    (reject,) = result.rejects
+    assert (reject.source, reject.reason) == ("mass_case_description_train_set.csv:3", "duplicate_id")
+    assert "mass_case_description_train_set.csv:2" in reject.detail
+
+
+def _read_generic(root: Path, column: str, text: str):
+    rows = [
+        {
+            "patient_id": "p1",
+            "image_path": "img/p1_lcc.dcm",
+            "laterality": "L",
+            "view": "CC",
+            "label": "1",
+            "birads": "4",
+            "boxes": "[[1, 2, 10, 12]]",
+        },
+        {
+            "patient_id": "p1",
+            "image_path": "img/p1_lmlo.dcm",
+            "laterality": "L",
+            "view": "MLO",
+            "label": "1",
+            "birads": "4",
+        },
+    ]
+    if column == "boxes":
+        rows[0]["boxes"] = f"[[{json.dumps(text)}, 2, 10, 12]]"  # numbers written as JSON strings
+    else:
+        for row in rows:
+            row[column] = text
+    csv_path = write_csv(root / "set.csv", GENERIC_COLUMNS + ["birads"], rows)
+    for row in rows:
+        _touch(root / row["image_path"])
+    result = read_dataset(ShardsConfig(dataset="generic", input=str(csv_path)))
+    record = result.records[0] if result.records else None
+    got = {
+        "label": lambda r: r.label_malignant,
+        "birads": lambda r: r.birads,
+        "boxes": lambda r: r.views["cc"].boxes[0][0],
+    }[column]
+    return result, (got(record) if record else None)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected", "required"),
+    [("label", "1", 1, True), ("birads", "4", 4, False), ("boxes", "1", 1.0, True)],
+)
+def test_generic_numeric_columns_in_every_export_form(tmp_path: Path, column, value, expected, required) -> None:
+    _check_forms(_read_generic, column, value, expected, required, tmp_path)

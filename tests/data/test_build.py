@@ -247,12 +247,13 @@ def test_cbis_masks_matched_by_size_and_boxes_from_masks(tmp_path: Path) -> None
     from mmclip_devtools.fixtures.dicoms import write_dicom
 
     rows = []
-    for view, mask_shape in (("CC", (64, 48)), ("MLO", (66, 50))):  # the MLO mask is 2 px off the image size
+    for view, mask_shape in (("CC", (64, 48)), ("MLO", (128, 96))):  # the MLO mask is the image at twice the size
         folder = f"Mass-Training_P_00001_LEFT_{view}"
         image = write_image(tmp_path / folder / "1.1" / "1.2" / "000000.dcm", "L", view)
         assert image.exists()
         mask = np.zeros(mask_shape, dtype=np.uint16)
-        mask[20:30, 8:20] = 255
+        k = mask_shape[0] // 64
+        mask[20 * k : 30 * k, 8 * k : 20 * k] = 255
         roi = tmp_path / f"{folder}_1" / "1.3" / "1.4"
         roi.mkdir(parents=True)
         # The CSV swaps crop and mask (as happens in CBIS-DDSM): size decides, not the listed name.
@@ -412,3 +413,86 @@ def test_sigkill_then_resume_gives_identical_output(tmp_path: Path) -> None:
     rejects = (out / "rejects.jsonl").read_text().splitlines()
     assert len(read_samples(out)) + len(rejects) == 28
     assert [json.loads(r)["reason"] for r in rejects] == ["truncated"]
+
+
+def test_every_input_row_is_in_exactly_one_shard_sample_or_reject(tmp_path: Path) -> None:
+    from mmclip_dist.data.build.builder import prepare
+
+    root = _bad_dataset(tmp_path / "in")
+    extra = vindr_rows("dupview", lateralities="L")
+    extra.append({**extra[0], "image_id": "dupview-LCC2"})  # a second CC: an unused image, its breast still kept
+    lines = (root / "breast-level_annotations.csv").read_text().splitlines()
+    rows_before = len(lines) - 1
+    import csv as _csv
+
+    with (root / "breast-level_annotations.csv").open("a", newline="") as fh:
+        writer = _csv.DictWriter(fh, fieldnames=list(extra[0]), lineterminator="\n")
+        for row in extra:
+            writer.writerow(row)
+    for i, row in enumerate(extra):
+        write_image(root / "images" / "dupview" / f"{row['image_id']}.dicom", "L", row["view_position"], seed=i)
+    cfg = _cfg(root, tmp_path / "out", processes=1, max_reject_fraction=1.0, salt="test-salt-0123456789")
+    result = build_shards(cfg, progress=False)
+    in_shards = set(read_samples(tmp_path / "out"))
+    splits = prepare(cfg)[0]
+    sample_rows = [
+        part
+        for items in splits.values()
+        for key, record in items
+        if key in in_shards
+        for part in record.source.split(",")
+    ]
+    reject_rows = [part for r in result.rejects for part in r["source"].split(",")]
+    for line in range(2, rows_before + len(extra) + 2):
+        source = f"breast-level_annotations.csv:{line}"
+        places = sample_rows.count(source) + reject_rows.count(source)
+        assert places == 1, (source, places, [r for r in result.rejects if source in r["source"].split(",")])
+    # inputs = breasts named by the CSV (14 VinDr breasts) + the row with an unreadable laterality.
+    assert result.inputs == 15
+    assert result.samples == 3  # good, orient, dupview
+
+
+def test_cbis_mask_of_another_shape_drops_that_roi(tmp_path: Path) -> None:
+    from mmclip_devtools.fixtures.datasets import CBIS_MASS_COLUMNS, write_csv
+    from mmclip_devtools.fixtures.dicoms import write_dicom
+
+    rows = []
+    for view, masks in (("CC", [(64, 48), (64, 60)]), ("MLO", [(64, 48)])):  # CC's 2nd mask: another aspect ratio
+        folder = f"Mass-Training_P_00001_LEFT_{view}"
+        write_image(tmp_path / folder / "1.1" / "1.2" / "000000.dcm", "L", view)
+        for abn, shape in enumerate(masks, start=1):
+            mask = np.zeros(shape, dtype=np.uint16)
+            mask[20:30, 8:20] = 255
+            roi = tmp_path / f"{folder}_{abn}" / "1.3" / "1.4"
+            roi.mkdir(parents=True)
+            write_dicom(roi / "000000.dcm", mask, bits_stored=8, laterality="L", view=view)
+            rows.append(
+                {
+                    "patient_id": "P_00001",
+                    "breast_density": "2",
+                    "left or right breast": "LEFT",
+                    "image view": view,
+                    "abnormality id": abn,
+                    "abnormality type": "mass",
+                    "assessment": "5",
+                    "pathology": "MALIGNANT",
+                    "subtlety": "5",
+                    "image file path": f"{folder}/1.1/1.2/000000.dcm",
+                    "cropped image file path": f"{folder}_{abn}/1.3/1.4/000000.dcm",
+                    "ROI mask file path": f"{folder}_{abn}/1.3/1.4/000000.dcm",
+                }
+            )
+    write_csv(tmp_path / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, rows)
+    out = tmp_path / "out"
+    result = build_shards(
+        ShardsConfig(dataset="cbis", input=str(tmp_path), output=str(out), image_size=SIZE, salt="test-salt-0123456789", processes=1),
+        progress=False,
+    )
+    (reject,) = result.rejects
+    assert reject["reason"] == "mask_size_mismatch"
+    assert reject["detail"].startswith("CC: ROI mask #2 is 64x60 but the image is 64x48")
+    assert "P_00001" not in json.dumps(reject)  # scrubbed like every reject
+    (files,) = read_samples(out).values()
+    meta = json.loads(files["json"])
+    assert len(meta["views"]["cc"]["boxes"]) == 1 and meta["views"]["cc"]["box_labels"] == ["Mass"]
+    assert result.manifest["rejects"]["by_reason"] == {"mask_size_mismatch": 1}

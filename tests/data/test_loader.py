@@ -275,7 +275,14 @@ def test_list_and_count_shards(tmp_path: Path) -> None:
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert count_samples(list_shards(str(tmp_path), split="train")) == 500
-    assert count_samples(list_shards(str(tmp_path))) == 504  # test-000000.tar is not in it: scanned
+    # with a manifest the loader reads exactly the shards it lists (test-000000.tar is not in it)
+    assert [Path(u).name for u in list_shards(str(tmp_path))] == ["train-000000.tar", "train-000001.tar"]
+    assert count_samples([str(tmp_path / "test-000000.tar")]) == 4  # not in the manifest: its headers are read
+    (tmp_path / "train-000001.tar").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"manifest.json lists 1 shard\(s\) that are missing \(train-000001.tar\)"
+    ):
+        list_shards(str(tmp_path), split="train")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -474,3 +481,89 @@ def test_reads_shards_written_by_the_shard_builder(tmp_path: Path) -> None:
             cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
             assert masks[b, v, 0, cy, cx] == 1.0
         assert batch["attention_mask"][:, :, 0].all()  # [CLS] of every report
+
+
+# ---------------------------------------------------------------------------------------------- bad data
+
+
+def _break_shards(folder: Path) -> None:
+    """train-000001.tar cut in the middle of a member; sample train2x1 of train-000002.tar gets a corrupt PNG."""
+    truncated = folder / "train-000001.tar"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2 + 100])
+    path = folder / "train-000002.tar"
+    samples = [make_sample(f"train2x{i}", label=i % 2) for i in range(4)]
+    samples[1]["cc.png"] = samples[1]["cc.png"][:40] + b"garbage" * 10
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
+
+
+def test_bad_shard_and_bad_sample_are_skipped_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_shards(tmp_path, "train", [4, 4, 4, 4])
+    _break_shards(tmp_path)
+    cfg = DataConfig(
+        train_shards=str(tmp_path),
+        image_size=(H, W),
+        loader_workers=0,
+        shuffle_buffer=4,
+        max_text_len=8,
+        split_by_node=False,
+        epoch_samples=40,
+    )
+    with caplog.at_level("WARNING", logger="mmclip_dist.data.stream.loader"):
+        batches = list(make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=1, micro_batch=4, seed=3))
+    assert len(batches) == 10 and all(len(b["keys"]) == 4 for b in batches)  # every batch full
+    assert "train2x1" not in {k for b in batches for k in b["keys"]}
+    skipped = sum(b["skipped_samples"] for b in batches)
+    # the truncated shard once (then never drawn again), the bad sample each time its shard was read: a shard
+    # with one bad sample stays in the draw
+    reads_of_shard2 = sum(k == "train2x0" for b in batches for k in b["keys"])
+    assert reads_of_shard2 >= 2
+    assert skipped >= 1 + reads_of_shard2 - 1
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("train-000001.tar" in w for w in warnings) == 1
+    assert sum("train-000002.tar" in w and "sample train2x1" in w for w in warnings) == 1
+    # evaluation: each readable sample once, the two bad ones counted
+    loader = make_eval_loader(
+        str(tmp_path), DataConfig(image_size=(H, W), max_text_len=8, eval_split="train"), tiny_tokenizer(), batch_size=4
+    )
+    keys = [k for b in loader for k in b["keys"]]
+    assert loader.skips.total == 2 and "train2x1" not in keys
+    assert {k for k in keys if k.startswith(("train0", "train2", "train3"))} == {
+        f"train{s}x{i}" for s in (0, 2, 3) for i in range(4)
+    } - {"train2x1"}
+
+
+def test_unreadable_shards_only_stop_the_reader_with_a_data_error(tmp_path: Path) -> None:
+    from mmclip_dist.data.stream.loader import DataSkipError
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "train-000000.tar").write_bytes(b"not a tar at all" * 100)
+    cfg = DataConfig(train_shards=str(folder), image_size=(H, W), loader_workers=0, max_text_len=8, epoch_samples=4)
+    with pytest.raises(DataSkipError, match="no shard of this reader can be read"):
+        list(make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=1, micro_batch=2, seed=0))
+
+
+def test_verify_reports_files_the_manifest_does_not_list(tmp_path: Path) -> None:
+    from mmclip_dist.data.build.shard_writer import ShardSink, verify_output
+
+    write_shards(tmp_path, "train", [2])
+    data = (tmp_path / "train-000000.tar").read_bytes()
+    entry = {
+        "name": "train-000000.tar",
+        "split": "train",
+        "samples": 2,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    (tmp_path / "train-000000.json").write_text(json.dumps(entry))
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [entry], "splits": {"train": {"samples": 2}}}))
+    (tmp_path / "rejects.jsonl").write_text("")
+    assert verify_output(ShardSink(str(tmp_path), create=False)) == []
+    (tmp_path / "train-000001.tar").write_bytes(data[:100])  # a stray, corrupt shard the build never listed
+    (problem,) = verify_output(ShardSink(str(tmp_path), create=False))
+    assert problem.startswith("train-000001.tar: in the output folder but not listed in manifest.json")

@@ -82,8 +82,9 @@ def assign_split(patient_hash: str, test_fraction: float) -> str:
     return "test" if int(patient_hash[:8], 16) / 0x1_0000_0000 < test_fraction else "train"
 
 
-def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]], list[Reject], str, str, str]:
-    """Adapter + keys + splits: ``({split: [(key, record)] sorted}, adapter rejects, label_source, salt, fingerprint)``."""
+def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]], list[Reject], str, str, str, int]:
+    """Adapter + keys + splits: ``({split: [(key, record)] sorted}, adapter rejects, label_source, salt, fingerprint,
+    inputs)`` where ``inputs`` is the number of breasts the CSVs name (kept or rejected)."""
     salt = deid.resolve_salt(cfg.salt, is_synthetic(cfg.input))
     result = read_dataset(cfg)
     rejects = list(result.rejects)
@@ -101,7 +102,7 @@ def prepare(cfg: ShardsConfig) -> tuple[dict[str, list[tuple[str, BreastRecord]]
     for items in splits.values():
         items.sort(key=lambda item: item[0])
     fingerprint = _fingerprint(cfg, salt, splits)
-    return dict(sorted(splits.items())), rejects, result.label_source, salt, fingerprint
+    return dict(sorted(splits.items())), rejects, result.label_source, salt, fingerprint, result.inputs
 
 
 def _fingerprint(cfg: ShardsConfig, salt: str, splits: dict[str, list[tuple[str, BreastRecord]]]) -> str:
@@ -142,7 +143,7 @@ def _results(records: list[BreastRecord], spec: SampleSpec, pool: Any) -> Iterat
 
 def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
     """Build (or resume building) the shards described by ``cfg`` and return what was written."""
-    splits, adapter_rejects, label_source, salt, fingerprint = prepare(cfg)
+    splits, adapter_rejects, label_source, salt, fingerprint, inputs = prepare(cfg)
     spec = SampleSpec(
         image_size=(cfg.image_size[0], cfg.image_size[1]),
         flip_to=cfg.flip_to,
@@ -174,6 +175,8 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
                     writer.add_reject(result)
                 else:
                     writer.add_sample(result.key, result.files, result.label, result.deid)
+                    for reject in result.rejects:  # parts of a sample left out (a CBIS ROI mask of another size)
+                        writer.add_reject(reject, advance=False)
                 bar.update(1)
             bar.close()
             shards = writer.finish()
@@ -189,7 +192,7 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
 
     # Adapter rejects quote CSV cells (a bad label, a bad box): the PHI detector redacts whatever they hold.
     rejects = [{**r.to_json(), "detail": deid.redact_phi(r.detail)} for r in adapter_rejects] + shard_rejects
-    manifest = _manifest(cfg, splits, all_shards, rejects, label_source, fingerprint)
+    manifest = _manifest(cfg, splits, all_shards, rejects, label_source, fingerprint, inputs)
     write_manifest(sink, manifest, rejects)
     return BuildResult(output=cfg.output, manifest=manifest, shards=all_shards, rejects=rejects)
 
@@ -201,6 +204,7 @@ def _manifest(
     rejects: list[dict[str, str]],
     label_source: str,
     fingerprint: str,
+    inputs: int,
 ) -> dict[str, Any]:
     config = redacted(cfg)  # the salt and URL credentials are secrets (config field markers): never written out
     split_info: dict[str, dict[str, Any]] = {}
@@ -227,7 +231,7 @@ def _manifest(
         "dataset": cfg.dataset,
         "label_source": label_source,
         "label_rule": rule,
-        "inputs": samples + len(rejects),
+        "inputs": inputs,
         "samples": samples,
         "rejects": {
             "total": len(rejects),

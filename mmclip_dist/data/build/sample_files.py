@@ -48,6 +48,11 @@ class Sample:
     files: dict[str, bytes]
     label: int
     deid: dict[str, int] = field(default_factory=dict)  # what de-identification did (summed in the manifest)
+    rejects: list[Reject] = field(default_factory=list)  # parts left out (a CBIS ROI whose mask does not fit)
+
+
+class _RoiMismatch(Exception):
+    """An ROI mask whose size differs from its image by more than a scaling (aspect ratio off by > 1%)."""
 
 
 class _Rejected(Exception):
@@ -93,6 +98,7 @@ def make_sample(record: BreastRecord, spec: SampleSpec) -> Sample | Reject:
 
 def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
     files: dict[str, bytes] = {}
+    roi_rejects: list[Reject] = []
     views_json: dict[str, Any] = {}
     # Both headers are read before any text is written: a report of one view may quote the other's ids.
     decoded_views = {view: decode_dicom(record.views[view].path, min_size=spec.image_size) for view in VIEWS}
@@ -117,8 +123,11 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
                 "laterality_mismatch",
                 f"{view.upper()}: DICOM ImageLaterality {decoded.laterality} but the CSV says {record.laterality}",
             )
-        boxes, labels, birads, mask = _annotations(vrec, decoded, view)
+        boxes, labels, birads, mask, dropped = _annotations(vrec, decoded, view)
         labels = [cleaner.clean(label, f"{view.upper()} box label #{i + 1}") for i, label in enumerate(labels)]
+        roi_rejects += [
+            Reject(record.source, "mask_size_mismatch", deid.scrub(d, record.raw_identifiers())) for d in dropped
+        ]
         out = preprocess_view(
             decoded,
             np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
@@ -192,7 +201,9 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
     files["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     counts = {"identifiers_removed": cleaner.identifiers_removed, "phi_redacted": int(cleaner.phi_redacted > 0),
               "burned_in_kept": int(bool(burned_in))}  # fmt: skip
-    return Sample(key=meta["breast_id"], files=files, label=int(record.label_malignant), deid=counts)
+    return Sample(
+        key=meta["breast_id"], files=files, label=int(record.label_malignant), deid=counts, rejects=roi_rejects
+    )
 
 
 def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -205,29 +216,41 @@ def _content_box(transform: dict[str, Any]) -> tuple[float, float, float, float]
 
 def _annotations(
     vrec: ViewRecord, decoded: DecodedImage, view: str
-) -> tuple[list[list[float]], list[str], list[int | None], np.ndarray | None]:
-    """Boxes, labels, BI-RADS and the lesion mask of one view, all in the DICOM grid."""
+) -> tuple[list[list[float]], list[str], list[int | None], np.ndarray | None, list[str]]:
+    """Boxes, labels, BI-RADS and the lesion mask of one view, all in the DICOM grid, and the details of the
+    ROIs left out because their mask does not fit the image (``mask_size_mismatch``)."""
     height, width = decoded.original_shape
     boxes = [list(b) for b in vrec.boxes]
     labels = list(vrec.box_labels)
     birads = list(vrec.finding_birads) + [None] * (len(labels) - len(vrec.finding_birads))
     mask = None
+    dropped: list[str] = []
     if vrec.mask_candidates:
-        boxes = []
+        boxes, kept = [], []
         for index, group in enumerate(vrec.mask_candidates):
-            roi = _load_mask(group, decoded.original_shape, view, index)
+            try:
+                roi = _load_mask(group, decoded.original_shape, view, index)
+            except _RoiMismatch as err:
+                dropped.append(str(err))
+                continue
             ys, xs = np.nonzero(roi)
             if ys.size == 0:
                 raise _Rejected("empty_mask", f"{view.upper()}: ROI mask #{index + 1} has no lesion pixels")
             boxes.append([float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)])
+            kept.append(index)
             mask = roi if mask is None else (mask | roi)
+        labels = [labels[i] for i in kept if i < len(labels)]
+        birads = [birads[i] for i in kept if i < len(birads)]
     elif vrec.mask_path:
-        mask = _load_mask([vrec.mask_path], decoded.original_shape, view, 0)
+        try:
+            mask = _load_mask([vrec.mask_path], decoded.original_shape, view, 0)
+        except _RoiMismatch as err:
+            dropped.append(str(err))
     for box in boxes:
         # Entirely off the image: the annotation belongs to another image or another grid.
         if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
             raise _Rejected("box_outside_image", f"{view.upper()}: box {box} lies outside the {height}x{width} image")
-    return boxes, labels, birads, mask
+    return boxes, labels, birads, mask, dropped
 
 
 def _read_mask_pixels(path: str) -> np.ndarray:
@@ -251,8 +274,14 @@ def _mask_shape(path: str) -> tuple[int, int]:
     return int(ds.Rows), int(ds.Columns)
 
 
+# A mask scaled onto its image must keep its aspect ratio within this much; past it the mask was drawn on
+# another grid (or belongs to another image) and a resized box lands beside the lesion.
+MASK_ASPECT_TOLERANCE = 0.01
+
+
 def _load_mask(candidates: list[str], shape: tuple[int, int], view: str, index: int) -> np.ndarray:
-    """The candidate whose size equals the image; else the largest one resized to the image grid."""
+    """The candidate whose size equals the image; else the largest one scaled to the image grid when its aspect
+    ratio matches the image's within ``MASK_ASPECT_TOLERANCE``; else :class:`_RoiMismatch`."""
     sized, errors = [], []
     for path in candidates:
         try:
@@ -270,7 +299,14 @@ def _load_mask(candidates: list[str], shape: tuple[int, int], view: str, index: 
         return _read_mask_pixels(exact[0])
     # The CBIS-DDSM lesion crop sits next to the mask and is much smaller; the mask is the largest file,
     # sometimes a few pixels off the image size: bring it onto the image grid.
-    (_, path) = max(sized, key=lambda item: item[0][0] * item[0][1])
+    ((mh, mw), path) = max(sized, key=lambda item: item[0][0] * item[0][1])
+    aspect_error = abs((mh / max(mw, 1)) / (shape[0] / max(shape[1], 1)) - 1.0)
+    if aspect_error > MASK_ASPECT_TOLERANCE:
+        raise _RoiMismatch(
+            f"{view.upper()}: ROI mask #{index + 1} is {mh}x{mw} but the image is "
+            f"{shape[0]}x{shape[1]} (aspect ratio off by {aspect_error:.1%}, more than "
+            f"{MASK_ASPECT_TOLERANCE:.0%}): ROI left out"
+        )
     return _resize_nearest(_read_mask_pixels(path), shape)
 
 

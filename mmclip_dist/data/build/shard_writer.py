@@ -225,9 +225,10 @@ class SplitWriter:
         self._deid.update(deid or {})
         self.position += 1
 
-    def add_reject(self, reject: Reject) -> None:
+    def add_reject(self, reject: Reject, advance: bool = True) -> None:
+        """Record a reject; ``advance=False`` for a part of a sample just added (it is not a record of its own)."""
         self._rejects.append(reject.to_json())
-        self.position += 1
+        self.position += advance
 
     def finish(self) -> list[ShardInfo]:
         """Close the open shard (or record trailing rejects) and drop leftovers of older builds."""
@@ -364,6 +365,17 @@ def verify_output(sink: ShardSink) -> list[str]:
                 problems.append(f"{name}: {len(data)} bytes != {ref['bytes']} in {where}")
             if ref["samples"] != len(keys):
                 problems.append(f"{name}: {len(keys)} samples != {ref['samples']} in {where}")
+    listed_names = {MANIFEST, REJECTS}
+    for entry in manifest.get("shards", []):
+        listed_names |= {entry["name"], sidecar_name(entry["name"])}
+    listed_names |= {tail_name(split) for split in manifest.get("splits", {})}
+    for name in sink.list():
+        if name not in listed_names:
+            # The loader reads only the manifest's shards; anything else here is a leftover or a mistake.
+            problems.append(
+                f"{name}: in the output folder but not listed in manifest.json (the loader ignores it; "
+                "remove it or rebuild)"
+            )
     for split, info in manifest.get("splits", {}).items():
         listed = sum(e["samples"] for e in manifest.get("shards", []) if e["split"] == split)
         if listed != info["samples"]:

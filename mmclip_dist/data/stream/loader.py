@@ -18,11 +18,10 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import braceexpand
 import imagecodecs
 import numpy as np
 import torch
@@ -31,32 +30,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_file, mask_file, sidecar_name
+from mmclip_dist.data.shard_format import MANIFEST, VIEWS, image_file, mask_file, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
+from mmclip_dist.data.stream.shard_list import list_shards  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- shards
-
-
-def list_shards(url: str, endpoint: str | None = None, split: str | None = None) -> list[str]:
-    """Shard URLs: a brace pattern is expanded as written; a folder / S3 prefix is listed for
-    ``{split}-NNNNNN.tar`` (any split when ``split`` is None); a single ``.tar`` URL is returned as is."""
-    if not url:
-        raise ValueError("no shard location given (data.train_shards / data.eval_shards is empty)")
-    if "{" in url:
-        return list(braceexpand.braceexpand(url))
-    if url.endswith(".tar"):
-        return [url]
-    storage = open_storage(url, endpoint)
-    splits = {n: m.group("split") for n in storage.list() if "/" not in n and (m := SHARD_NAME.match(n))}
-    selected = [n for n, s in splits.items() if split is None or s == split]
-    if not selected:
-        found = sorted(set(splits.values()))
-        wanted = f"{split}-NNNNNN.tar" if split else "<split>-NNNNNN.tar"
-        raise FileNotFoundError(f"no shards named {wanted} under {url} (splits found there: {found or 'none'})")
-    return [storage.url_for(n) for n in selected]
 
 
 def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]]:
@@ -210,6 +191,62 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     }
 
 
+class DataSkipError(ValueError):
+    """The shards cannot feed the run: every shard of a reader is unreadable, or more samples were skipped than
+    ``data.max_skip_fraction`` allows. The training loop stops every rank on it (no Ray retry: the same data
+    would fail the same way)."""
+
+
+class SkipCounter:
+    """Samples and shards one reader skipped because they could not be read or decoded.
+
+    Each shard is logged once (its name and the first error); later problems in it are only counted.
+    ``take()`` hands out the count not yet reported, which the stream attaches to the next batch."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._reported = 0
+        self._logged: set[str] = set()
+
+    def skip(self, url: str, what: str, err: BaseException) -> None:
+        self.total += 1
+        shard = url.rsplit("/", 1)[-1]
+        if shard not in self._logged:
+            self._logged.add(shard)
+            log.warning(
+                "skipping %s of shard %s: %s: %s (counted in data/skipped_samples; further problems in "
+                "this shard are counted, not logged)",
+                what,
+                shard,
+                type(err).__name__,
+                str(err)[:300],
+            )
+
+    def take(self) -> int:
+        new, self._reported = self.total - self._reported, self.total
+        return new
+
+
+def decode_or_skip(sample: dict[str, Any], cfg: DataConfig, skips: SkipCounter) -> dict[str, Any] | None:
+    """``decode_sample``, or None (counted and logged in ``skips``) for a sample that cannot be decoded."""
+    try:
+        return decode_sample(sample, cfg)
+    except Exception as err:  # noqa: BLE001 - any decode failure of one sample costs that sample, not the run
+        skips.skip(str(sample.get("__url__", "?")), f"sample {sample.get('__key__', '?')}", err)
+        return None
+
+
+def tolerant_shard(url: str, endpoint: str | None, skips: SkipCounter) -> Generator[dict[str, Any], None, bool]:
+    """``iter_shard`` that ends (one skip counted) where the tar cannot be read further (truncated, corrupt);
+    the samples before that point are kept. Returns whether the whole shard could be read."""
+    try:
+        yield from iter_shard(url, endpoint)
+    except Exception as err:  # noqa: BLE001 - tarfile/webdataset/storage raise assorted types for a bad shard
+        skips.skip(url, "the rest", err)
+        return False
+    return True
+
+
 def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
     """Decoded samples → the batch dict (tensors stacked, both views' reports tokenised in one call)."""
     if not samples:
@@ -249,18 +286,36 @@ def _shuffle(stream: Iterator[dict[str, Any]], size: int, rng: random.Random) ->
     yield from buffer
 
 
-def _resampled(shards: list[str], rng: random.Random, endpoint: str | None) -> Iterator[dict[str, Any]]:
-    """Endless samples from shards drawn with replacement (webdataset's ResampledShards, with our rng)."""
+def _resampled(
+    shards: list[str], rng: random.Random, endpoint: str | None, skips: SkipCounter | None = None
+) -> Iterator[dict[str, Any]]:
+    """Endless samples from shards drawn with replacement (webdataset's ResampledShards, with our rng). A shard
+    that fails to read is skipped (``skips``) and not drawn again."""
+    skips = skips if skips is not None else SkipCounter()
+    live = list(shards)
     empty: set[str] = set()
     while True:
-        url = rng.choice(shards)
+        if not live:
+            raise DataSkipError(
+                f"no shard of this reader can be read ({len(shards)} tried: {shards[:3]}...); "
+                "run `mmclip-dist shards verify` on the shard folder"
+            )
+        url = rng.choice(live)
         count = 0
-        for sample in iter_shard(url, endpoint):
+        reader = tolerant_shard(url, endpoint, skips)
+        while True:
+            try:
+                sample = next(reader)
+            except StopIteration as end:
+                readable = end.value  # (decode skips of its samples, counted meanwhile, do not retire a shard)
+                break
             count += 1
             yield sample
-        if count == 0:
+        if not readable:
+            live.remove(url)
+        elif count == 0:
             empty.add(url)
-            if empty == set(shards):
+            if empty == set(live):
                 raise ValueError(f"every shard of this reader is empty: {shards}")
 
 
@@ -314,12 +369,20 @@ class _TrainStream(IterableDataset):
         skip = min(mine, _share(self.skip_batches, self.readers, role))
         if skip == mine:
             return
-        samples = _shuffle(_resampled(shards, rng, self.cfg.s3_endpoint), self.cfg.shuffle_buffer, rng)
+        skips = SkipCounter()
+        samples = _shuffle(_resampled(shards, rng, self.cfg.s3_endpoint, skips), self.cfg.shuffle_buffer, rng)
         for index in range(mine):
             raw = [next(samples) for _ in range(self.micro_batch)]
             if index < skip:
                 continue  # consumed but not decoded: resuming costs tar reads only
-            yield collate_samples([decode_sample(s, self.cfg) for s in raw], self.cfg, self.tokenizer)
+            decoded = [d for d in (decode_or_skip(s, self.cfg, skips) for s in raw) if d is not None]
+            while len(decoded) < self.micro_batch:  # a skipped sample is replaced by the stream's next one
+                replacement = decode_or_skip(next(samples), self.cfg, skips)
+                if replacement is not None:
+                    decoded.append(replacement)
+            batch = collate_samples(decoded, self.cfg, self.tokenizer)
+            batch["skipped_samples"] = skips.take()  # summed over ranks and logged by the training loop
+            yield batch
 
 
 class TrainLoader:
@@ -407,9 +470,13 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pending: list[dict[str, Any]] = []
+        self.skips = SkipCounter()  # what this pass could not read or decode (logged once per shard)
         for url in self.shards:
-            for sample in iter_shard(url, self.cfg.s3_endpoint):
-                pending.append(decode_sample(sample, self.cfg))
+            for sample in tolerant_shard(url, self.cfg.s3_endpoint, self.skips):
+                decoded = decode_or_skip(sample, self.cfg, self.skips)
+                if decoded is None:
+                    continue
+                pending.append(decoded)
                 if len(pending) == self.batch_size:
                     yield collate_samples(pending, self.cfg, self.tokenizer)
                     pending = []

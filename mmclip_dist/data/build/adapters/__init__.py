@@ -12,10 +12,11 @@ Every other problem is a :class:`~mmclip_dist.data.build.records.Reject` for the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Laterality, Reject, ViewRecord
 from mmclip_dist.data.shard_format import VIEWS
@@ -28,6 +29,82 @@ ADAPTERS = {"vindr": "vindr", "rsna": "rsna", "cbis": "cbis", "generic": "generi
 
 class AdapterError(ValueError):
     """A dataset input that cannot be read at all (missing file, missing columns)."""
+
+
+# What spreadsheet and pandas exports write for "no value": an empty cell, or NaN spelled out.
+MISSING_VALUES = frozenset({"", "nan", "na", "n/a", "none", "null"})
+
+
+class BadValue(ValueError):
+    """One CSV cell that does not hold what its column must: the message names only that column and value."""
+
+    def __init__(self, column: str, value: str, expected: str) -> None:
+        self.column, self.value, self.expected = column, value, expected
+        super().__init__(f"{column} {value!r} is not {expected}")
+
+
+@overload
+def parse_number(
+    row: dict[str, str],
+    column: str,
+    *,
+    integer: Literal[True] = True,
+    low: float | None = None,
+    high: float | None = None,
+    required: bool = False,
+) -> int | None: ...
+
+
+@overload
+def parse_number(
+    row: dict[str, str],
+    column: str,
+    *,
+    integer: Literal[False],
+    low: float | None = None,
+    high: float | None = None,
+    required: bool = False,
+) -> float | None: ...
+
+
+def parse_number(
+    row: dict[str, str],
+    column: str,
+    *,
+    integer: bool = True,
+    low: float | None = None,
+    high: float | None = None,
+    required: bool = False,
+) -> int | float | None:
+    """The number in ``row[column]`` as real exports write it: ``1``, ``1.0``, `` 1 ``; empty or ``nan`` → None
+    (``BadValue`` when ``required``). ``integer`` accepts only whole values (``1.0`` → 1; ``1.5`` is bad);
+    ``low``/``high`` bound it (inclusive). Raises :class:`BadValue` naming the column and the value."""
+    raw = row.get(column) or ""
+    text = raw.strip()
+    span = f" in {low:g}..{high:g}" if low is not None and high is not None else ""
+    expected = (f"an integer{span}" if integer else f"a number{span}") + (" (required)" if required else "")
+    if text.lower() in MISSING_VALUES:
+        if required:
+            raise BadValue(column, raw, expected)
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise BadValue(column, raw, expected) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise BadValue(column, raw, expected)
+    if integer and not number.is_integer():
+        raise BadValue(column, raw, expected)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise BadValue(column, raw, expected)
+    return int(number) if integer else number
+
+
+def parse_id(value: str) -> str:
+    """An id column as written by an export that stored it as a float (``462822612.0`` → ``462822612``)."""
+    text = value.strip()
+    head, dot, tail = text.partition(".")
+    return head if dot and head.isdigit() and tail and set(tail) == {"0"} else text
 
 
 def read_dataset(cfg: ShardsConfig) -> AdapterResult:
@@ -94,44 +171,85 @@ def parse_laterality_view(
     return laterality, view
 
 
-def parse_box(values: list[str], source: str) -> tuple[list[float] | None, Reject | None]:
-    """``[x1, y1, x2, y2]`` from four strings; all empty → (None, None); bad → (None, Reject)."""
-    if all(v == "" for v in values):
+def parse_box(
+    values: list[str],
+    source: str,
+    columns: list[str] | None = None,
+) -> tuple[list[float] | None, Reject | None]:
+    """``[x1, y1, x2, y2]`` from four strings (named ``columns`` in messages); all empty/nan → (None, None);
+    bad → (None, Reject)."""
+    columns = columns or ["x1", "y1", "x2", "y2"]
+    row = dict(zip(columns, values))
+    if all(v.strip().lower() in MISSING_VALUES for v in values):
         return None, None
     try:
-        box = [float(v) for v in values]
-    except ValueError:
-        return None, Reject(source, "bad_box", f"box coordinates {values} are not numbers")
-    if any(v != v for v in box):  # NaN
-        return None, Reject(source, "bad_box", f"box coordinates {values} contain NaN")
+        box = [float(parse_number(row, c, integer=False, required=True)) for c in columns]  # type: ignore[arg-type]
+    except BadValue as err:
+        return None, Reject(source, "bad_box", str(err))
     if box[2] <= box[0] or box[3] <= box[1]:
         return None, Reject(source, "inverted_box", f"box {box} has x2 <= x1 or y2 <= y1")
     return box, None
 
 
+def join_sources(*sources: str) -> str:
+    """``"a.csv:2,a.csv:3"`` from several such strings: every row once, in first-seen order."""
+    out: list[str] = []
+    for source in sources:
+        for part in source.split(","):
+            if part and part not in out:
+                out.append(part)
+    return ",".join(out)
+
+
+# Row rejects that cannot be tied to a breast (no id or laterality): each counts as one input seen.
+UNASSIGNED_REASONS = frozenset({"bad_id", "bad_laterality"})
+
+
+def count_inputs(assembler: BreastAssembler, rejects: list[Reject]) -> int:
+    """The manifest's ``inputs``: breasts seen in the CSVs (kept or rejected) plus rows with no breast."""
+    return len(assembler.seen) + sum(r.reason in UNASSIGNED_REASONS for r in rejects)
+
+
 class BreastAssembler:
-    """Collects views per breast, rejecting duplicates and (per ``missing_view``) incomplete breasts."""
+    """Collects views per breast, rejecting duplicates and (per ``missing_view``) incomplete breasts.
+
+    A breast-level reject lists every CSV row of that breast (``source``): the rows read before the
+    reject and the rows read after it, which it absorbs, so each input row lands in exactly one of a
+    sample or one reject."""
 
     def __init__(self, missing_view: str) -> None:
         self.missing_view = missing_view
         self.breasts: dict[str, BreastRecord] = {}
         self.order: list[str] = []
         self.rejects: list[Reject] = []
-        self.bad: set[str] = set()  # breasts already rejected: later rows of them are absorbed
+        self.bad: dict[str, int] = {}  # rejected breast → index of its reject; later rows are absorbed into it
+        self.seen: set[str] = set()
 
     def reject_breast(self, breast_id: str, reject: Reject) -> None:
-        if breast_id not in self.bad:
-            self.rejects.append(reject)
-        self.bad.add(breast_id)
-        self.breasts.pop(breast_id, None)
+        self.seen.add(breast_id)
+        breast = self.breasts.pop(breast_id, None)
+        if breast_id in self.bad:
+            self._absorb(breast_id, reject.source)
+            return
+        source = join_sources(breast.source if breast is not None else "", reject.source)
+        self.bad[breast_id] = len(self.rejects)
+        self.rejects.append(dataclasses.replace(reject, source=source))
+
+    def _absorb(self, breast_id: str, source: str) -> None:
+        index = self.bad[breast_id]
+        old = self.rejects[index]
+        self.rejects[index] = dataclasses.replace(old, source=join_sources(old.source, source))
 
     def add_view(self, record: BreastRecord, view: str, view_record: ViewRecord) -> None:
         """Add one view; ``record`` provides the breast fields when the breast is new."""
+        self.seen.add(record.breast_id)
         if record.breast_id in self.bad:
+            self._absorb(record.breast_id, view_record.source)
             return
         breast = self.breasts.get(record.breast_id)
         if breast is None:
             record.views = {}
+            record.source = ""
             self.breasts[record.breast_id] = breast = record
             self.order.append(record.breast_id)
         if view in breast.views:
@@ -145,7 +263,7 @@ class BreastAssembler:
             )
             return
         breast.views[view] = view_record
-        breast.source = ",".join(sorted({*breast.source.split(","), view_record.source} - {""}))
+        breast.source = join_sources(breast.source, view_record.source)
 
     def finish(self) -> list[BreastRecord]:
         """Complete breasts in first-seen order; incomplete ones rejected or duplicated per config."""
@@ -175,7 +293,10 @@ def check_files(records: list[BreastRecord], rejects: list[Reject]) -> list[Brea
     for record in records:
         missing = [v for v in record.views.values() if not Path(v.path).exists()]
         if missing:
-            rejects.append(Reject(missing[0].source, "missing_file", "image file listed in the CSV does not exist"))
+            views = ", ".join(f"{v.upper()} ({r.source})" for v, r in record.views.items() if r in missing)
+            rejects.append(
+                Reject(record.source, "missing_file", f"image file listed in the CSV does not exist: {views}")
+            )
         else:
             kept.append(record)
     return kept

@@ -17,7 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.build.adapters import AdapterError, BreastAssembler, check_files, parse_laterality_view, read_csv
+from mmclip_dist.data.build.adapters import (
+    AdapterError,
+    BadValue,
+    BreastAssembler,
+    check_files,
+    count_inputs,
+    join_sources,
+    parse_laterality_view,
+    parse_number,
+    read_csv,
+)
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -42,7 +52,7 @@ COMMON = (
     "ROI mask file path",
 )
 PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
-DENSITY = {"1": "A", "2": "B", "3": "C", "4": "D"}
+DENSITY = {1: "A", 2: "B", 3: "C", 4: "D"}
 
 
 def read(cfg: ShardsConfig) -> AdapterResult:
@@ -54,6 +64,7 @@ def read(cfg: ShardsConfig) -> AdapterResult:
     rejects: list[Reject] = []
     assembler = BreastAssembler(cfg.missing_view)
     images: dict[str, ViewRecord] = {}  # image path → its view record (abnormalities of one image merge)
+    abnormalities: dict[tuple[str, str, int | float | None], str] = {}  # (kind, image, abnormality id) → row
     for name in present:
         kind, split, density_column = CSVS[name]
         for source, row in read_csv(root / name, COMMON + (density_column,)):
@@ -63,22 +74,29 @@ def read(cfg: ShardsConfig) -> AdapterResult:
             laterality, view = side
             breast_id = f"{split}/{row['patient_id']}_{laterality}"
             label = PATHOLOGY.get(row["pathology"].upper())
-            density = DENSITY.get(row[density_column])
             try:
-                assessment = int(row["assessment"]) if row["assessment"] else None
-            except ValueError:
-                assessment = -1
-            if label is None or density is None or (assessment is not None and not 0 <= assessment <= 6):
-                assembler.reject_breast(
-                    breast_id,
+                if label is None:
+                    raise BadValue("pathology", row["pathology"], "MALIGNANT, BENIGN or BENIGN_WITHOUT_CALLBACK")
+                density = DENSITY[int(parse_number(row, density_column, low=1, high=4, required=True))]  # type: ignore[arg-type]
+                assessment = parse_number(row, "assessment", low=0, high=6)
+                abnormality = parse_number(row, "abnormality id", low=0, high=1e6, required=True)
+                parse_number(row, "subtlety", low=0, high=5)  # unused, but a garbled value means a garbled row
+            except BadValue as err:
+                assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
+                continue
+            row_key = (kind, row["image file path"], abnormality)
+            if row_key in abnormalities:
+                # A repeated row would give the abnormality a second box (and double its weight).
+                rejects.append(
                     Reject(
                         source,
-                        "bad_label",
-                        f"pathology {row['pathology']!r}, density {row[density_column]!r}, "
-                        f"assessment {row['assessment']!r}: not valid CBIS-DDSM values",
-                    ),
+                        "duplicate_id",
+                        f"{kind.lower()} abnormality id {abnormality} of this "
+                        f"image already listed at {abnormalities[row_key]}",
+                    )
                 )
                 continue
+            abnormalities[row_key] = source
             paths = [row["image file path"], row["cropped image file path"], row["ROI mask file path"]]
             if not all(paths):
                 assembler.reject_breast(breast_id, Reject(source, "missing_file", "an image/crop/mask path is empty"))
@@ -103,6 +121,9 @@ def read(cfg: ShardsConfig) -> AdapterResult:
                     extra={"raw_ids": [row["patient_id"]]},
                 )
                 assembler.add_view(record, view, vrec)
+            elif breast_id in assembler.bad:  # a further abnormality of a rejected breast: its row joins the reject
+                assembler.reject_breast(breast_id, Reject(source, "absorbed"))
+                continue
             vrec.mask_candidates.append(candidates)
             vrec.box_labels.append(kind)
             vrec.finding_birads.append(assessment)
@@ -112,7 +133,7 @@ def read(cfg: ShardsConfig) -> AdapterResult:
                 breast.label_malignant = max(breast.label_malignant, label)
                 if assessment is not None:
                     breast.birads = max(breast.birads or 0, assessment)
-                breast.source = ",".join(sorted({*breast.source.split(","), source}))
+                breast.source = join_sources(breast.source, source)
     records = assembler.finish()
     rejects += assembler.rejects
     records = check_files(records, rejects)
@@ -122,11 +143,19 @@ def read(cfg: ShardsConfig) -> AdapterResult:
             v for v in record.views.values() if not any(Path(p).exists() for group in v.mask_candidates for p in group)
         ]
         if maskless:
-            rejects.append(Reject(maskless[0].source, "missing_file", "no ROI mask file found for the image"))
+            rejects.append(
+                Reject(
+                    record.source,
+                    "missing_file",
+                    f"no ROI mask file found for the {'/'.join(v.upper() for v, r in record.views.items() if r in maskless)} image",
+                )
+            )
         else:
             kept.append(record)
     records = kept
-    return AdapterResult(records=records, rejects=rejects, label_source="pathology", inputs=len(records) + len(rejects))
+    return AdapterResult(
+        records=records, rejects=rejects, label_source="pathology", inputs=count_inputs(assembler, rejects)
+    )
 
 
 def _candidates(root: Path, crop_path: str, mask_path: str) -> list[str]:

@@ -15,7 +15,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.build.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
+from mmclip_dist.data.build.adapters import (
+    MISSING_VALUES,
+    BadValue,
+    BreastAssembler,
+    check_files,
+    count_inputs,
+    parse_laterality_view,
+    parse_number,
+    read_csv,
+)
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, LabelSource, Laterality, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -76,34 +85,40 @@ def read(cfg: ShardsConfig) -> AdapterResult:
     sources = {r.label_source for r in records}
     label_source: LabelSource = "birads_proxy" if sources == {"birads_proxy"} else "pathology"
     return AdapterResult(
-        records=records, rejects=rejects, label_source=label_source, inputs=len(records) + len(rejects)
+        records=records, rejects=rejects, label_source=label_source, inputs=count_inputs(assembler, rejects)
     )
 
 
 def _record(row: dict[str, str], source: str, breast_id: str, laterality: Laterality) -> BreastRecord:
-    label = LABELS.get(row["label"].strip().lower())
+    label: int | None = LABELS.get(row["label"].strip().lower())
     if label is None:
-        raise ValueError(f"bad_label: label {row['label']!r} is not 1/0/-1 or malignant/benign/unknown")
+        try:
+            label = parse_number(row, "label", low=-1, high=1, required=True)
+        except BadValue:
+            raise ValueError(
+                f"bad_label: {BadValue('label', row['label'], '1/0/-1 or malignant/benign/unknown')}"
+            ) from None
     label_source = _LABEL_SOURCES.get(row.get("label_source") or "pathology")
     if label_source is None:
         raise ValueError(f"bad_label: label_source {row['label_source']!r} is not pathology or birads_proxy")
     split = SPLITS.get(row.get("split", "").lower())
     if split is None:
         raise ValueError(f"bad_split: split {row['split']!r} is not train or test")
-    density = (row.get("density") or "").upper() or None
+    density_text = (row.get("density") or "").upper()
+    density = None if density_text.lower() in MISSING_VALUES else density_text
     if density is not None and density not in ("A", "B", "C", "D"):
-        raise ValueError(f"bad_label: density {row['density']!r} is not A-D")
+        raise ValueError(f"bad_label: {BadValue('density', row['density'], 'A-D')}")
     try:
-        birads = int(row["birads"]) if row.get("birads") else None
-    except ValueError:
-        raise ValueError(f"bad_label: birads {row['birads']!r} is not a number") from None
+        birads = parse_number(row, "birads", low=0, high=6)
+    except BadValue as err:
+        raise ValueError(f"bad_label: {err}") from None
     return BreastRecord(
         dataset="generic",
         breast_id=breast_id,
         patient_id=row["patient_id"],
         laterality=laterality,
         split=split,
-        label_malignant=label,
+        label_malignant=label,  # type: ignore[arg-type]  # required=True above: never None here
         label_source=label_source,
         density=density,
         birads=birads,
@@ -122,9 +137,15 @@ def _view(row: dict[str, str], source: str, base: Path) -> ViewRecord:
     if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
         raise ValueError("bad_box: boxes must be a JSON list of [x1, y1, x2, y2]")
     try:
-        boxes = [[float(v) for v in b] for b in boxes]
-    except (TypeError, ValueError):
-        raise ValueError("bad_box: box coordinates are not numbers") from None
+        boxes = [
+            [
+                float(parse_number({"boxes": _json_text(v)}, "boxes", integer=False, required=True))  # type: ignore[arg-type]
+                for v in b
+            ]
+            for b in boxes
+        ]
+    except BadValue as err:
+        raise ValueError(f"bad_box: {err}") from None
     if any(b[2] <= b[0] or b[3] <= b[1] for b in boxes):
         raise ValueError("inverted_box: a box has x2 <= x1 or y2 <= y1")
     if not isinstance(labels, list) or len(labels) != len(boxes):
@@ -141,3 +162,8 @@ def _view(row: dict[str, str], source: str, base: Path) -> ViewRecord:
         source=source,
         report=row.get("report") or None,
     )
+
+
+def _json_text(value: object) -> str:
+    """A JSON value as the text it was written as (``null`` stays ``null``; a string stays itself)."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -12,7 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmclip_dist.data.build.adapters import BreastAssembler, check_files, parse_laterality_view, read_csv
+from mmclip_dist.data.build.adapters import (
+    MISSING_VALUES,
+    BadValue,
+    BreastAssembler,
+    check_files,
+    count_inputs,
+    parse_id,
+    parse_laterality_view,
+    parse_number,
+    read_csv,
+)
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
 
 if TYPE_CHECKING:
@@ -43,6 +53,8 @@ def read(cfg: ShardsConfig) -> AdapterResult:
     root = Path(cfg.input)
     rejects: list[Reject] = []
     rows = list(read_csv(root / CSV, COLUMNS))
+    for _, row in rows:  # ids exported as floats (``10006.0``) name the same patient / image file
+        row["patient_id"], row["image_id"] = parse_id(row["patient_id"]), parse_id(row["image_id"])
     # Keep the first CC/MLO by image_id so "which duplicate wins" does not depend on CSV row order.
     rows.sort(key=lambda item: (item[1]["patient_id"], item[1]["laterality"], _int_or_text(item[1]["image_id"])))
     assembler = BreastAssembler(cfg.missing_view)
@@ -63,23 +75,23 @@ def read(cfg: ShardsConfig) -> AdapterResult:
         laterality, view = side
         breast_id = f"{row['patient_id']}_{laterality}"
         try:
-            cancer = int(row["cancer"])
-            if cancer not in (0, 1):
-                raise ValueError
-            birads = int(row["BIRADS"]) if row["BIRADS"] else None
-            if birads is not None and not 0 <= birads <= 6:
-                raise ValueError
-        except ValueError:
-            assembler.reject_breast(
-                breast_id,
-                Reject(
-                    source, "bad_label", f"cancer {row['cancer']!r} / BIRADS {row['BIRADS']!r} are not valid values"
-                ),
-            )
+            cancer = int(parse_number(row, "cancer", low=0, high=1, required=True))  # type: ignore[arg-type]
+            birads = parse_number(row, "BIRADS", low=0, high=6)
+            # Read but unused: a garbled value still means a garbled row.
+            parse_number(row, "age", integer=False, low=0, high=130)
+            for column in ("biopsy", "invasive", "implant"):
+                parse_number(row, column, low=0, high=1)
+            for column in ("site_id", "machine_id"):
+                parse_number(row, column)
+        except BadValue as err:
+            assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
             continue
-        density = row["density"].upper() or None
+        density_text = row["density"].upper()
+        density = None if density_text.lower() in MISSING_VALUES else density_text
         if density is not None and density not in DENSITIES:
-            assembler.reject_breast(breast_id, Reject(source, "bad_label", f"density {row['density']!r} is not A-D"))
+            assembler.reject_breast(
+                breast_id, Reject(source, "bad_label", str(BadValue("density", row["density"], "A-D")))
+            )
             continue
         if breast_id in labels and labels[breast_id][0] != cancer:
             assembler.reject_breast(
@@ -113,7 +125,9 @@ def read(cfg: ShardsConfig) -> AdapterResult:
     records = assembler.finish()
     rejects += assembler.rejects
     records = check_files(records, rejects)
-    return AdapterResult(records=records, rejects=rejects, label_source="pathology", inputs=len(records) + len(rejects))
+    return AdapterResult(
+        records=records, rejects=rejects, label_source="pathology", inputs=count_inputs(assembler, rejects)
+    )
 
 
 def _int_or_text(value: str) -> tuple[int, str]:

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmclip_dist.data.build.adapters import (
+    MISSING_VALUES,
+    BadValue,
     BreastAssembler,
     check_files,
+    count_inputs,
     parse_box,
     parse_laterality_view,
+    parse_number,
     read_csv,
 )
 from mmclip_dist.data.build.records import AdapterResult, BreastRecord, Reject, ViewRecord
@@ -43,23 +47,29 @@ IMAGE_COLUMNS = (
 FINDING_COLUMNS = IMAGE_COLUMNS + ("finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax")
 SPLITS = {"training": "train", "test": "test"}
 NO_FINDING = "No Finding"
+BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 
 
-def parse_birads(value: str) -> int:
-    """'BI-RADS 4' → 4 (also '4', '4A'); raises ValueError for anything else."""
-    match = re.fullmatch(r"(?:BI-?RADS\s*)?([0-6])[ABC]?", value.strip(), flags=re.IGNORECASE)
-    if not match:
-        raise ValueError(f"not a BI-RADS value: {value!r}")
-    return int(match.group(1))
+def parse_birads(value: str, column: str = "BI-RADS") -> int:
+    """'BI-RADS 4' → 4 (also '4', '4.0', '4A'); raises :class:`BadValue` for anything else."""
+    text = re.sub(r"^BI-?RADS\s*", "", value.strip(), flags=re.IGNORECASE)
+    match = re.fullmatch(r"([0-6])[ABC]", text, flags=re.IGNORECASE)
+    if match:
+        return int(match.group(1))
+    try:
+        number = parse_number({column: text}, column, low=0, high=6, required=True)
+    except BadValue:
+        raise BadValue(column, value, "a BI-RADS value 0-6") from None
+    return int(number)  # type: ignore[arg-type]
 
 
-def parse_density(value: str) -> str | None:
-    """'DENSITY B' → 'B'; empty → None; raises ValueError for anything else."""
-    if not value:
+def parse_density(value: str, column: str = "density") -> str | None:
+    """'DENSITY B' → 'B'; empty / nan → None; raises :class:`BadValue` for anything else."""
+    if value.strip().lower() in MISSING_VALUES:
         return None
     match = re.fullmatch(r"(?:DENSITY\s*)?([ABCD])", value.strip(), flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"not a density value: {value!r}")
+        raise BadValue(column, value, "a density A-D")
     return match.group(1).upper()
 
 
@@ -115,9 +125,12 @@ def read(cfg: ShardsConfig) -> AdapterResult:
             )
             continue
         try:
-            birads = parse_birads(row["breast_birads"])
-            density = parse_density(row["breast_density"])
-        except ValueError as err:
+            birads = parse_birads(row["breast_birads"], "breast_birads")
+            density = parse_density(row["breast_density"], "breast_density")
+            # Not used downstream (the DICOM states its size), but a garbled size means a garbled row.
+            for column in ("height", "width"):
+                parse_number(row, column, low=1, high=1e6)
+        except BadValue as err:
             assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
             continue
         if breast_id in breast_labels and breast_labels[breast_id] != (birads, density, split):
@@ -166,12 +179,20 @@ def read(cfg: ShardsConfig) -> AdapterResult:
         breast_id, view_record = entry
         try:
             categories = parse_categories(row["finding_categories"])
-            finding_birads = parse_birads(row["finding_birads"]) if row["finding_birads"] else None
-        except (ValueError, SyntaxError) as err:
+            finding_birads = (
+                None
+                if row["finding_birads"].lower() in MISSING_VALUES
+                else parse_birads(row["finding_birads"], "finding_birads")
+            )
+        except BadValue as err:
             assembler.reject_breast(breast_id, Reject(source, "bad_label", str(err)))
             continue
+        except (ValueError, SyntaxError):
+            bad_value = BadValue("finding_categories", row["finding_categories"], "a list of category names")
+            assembler.reject_breast(breast_id, Reject(source, "bad_label", str(bad_value)))
+            continue
         categories = [c for c in categories if c != NO_FINDING]
-        box, bad = parse_box([row["xmin"], row["ymin"], row["xmax"], row["ymax"]], source)
+        box, bad = parse_box([row[c] for c in BOX_COLUMNS], source, list(BOX_COLUMNS))
         if bad is not None:
             assembler.reject_breast(breast_id, bad)
             continue
@@ -187,5 +208,5 @@ def read(cfg: ShardsConfig) -> AdapterResult:
     rejects = rejects + assembler.rejects
     records = check_files(records, rejects)
     return AdapterResult(
-        records=records, rejects=rejects, label_source="birads_proxy", inputs=len(records) + len(rejects)
+        records=records, rejects=rejects, label_source="birads_proxy", inputs=count_inputs(assembler, rejects)
     )
