@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import braceexpand
-import imagecodecs
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_file, mask_file, sidecar_name
+from mmclip_dist.data.codecs import decode_file
+from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_files, mask_files, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,18 @@ def count_samples(shards: Sequence[str], endpoint: str | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def _decode_png(data: bytes, what: str) -> np.ndarray:
+def _member(sample: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` the sample has (a field's name differs between shard schema versions)."""
+    return next((name for name in names if name in sample), None)
+
+
+def _decode_pixels(sample: dict[str, Any], name: str, where: str) -> np.ndarray:
     try:
-        array = imagecodecs.png_decode(data)
-    except Exception as err:  # noqa: BLE001 - re-raised with the sample's name
-        raise ValueError(f"{what}: not a decodable PNG ({err})") from err
+        array = decode_file(name, sample[name])
+    except ValueError as err:
+        raise ValueError(f"{where} {name}: {err}") from err
     if array.ndim != 2:
-        raise ValueError(f"{what}: expected a single-channel image, got shape {array.shape}")
+        raise ValueError(f"{where} {name}: expected a single-channel image, got shape {array.shape}")
     return array
 
 
@@ -157,16 +162,19 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     reports: list[str] = []
     for v, name in enumerate(VIEWS):
         view = meta.get("views", {}).get(name)
-        if view is None or image_file(name) not in sample:
-            raise ValueError(f"{where}: view {name!r} missing (need '{name}.png' and json views.{name})")
-        raw = _decode_png(sample[image_file(name)], f"{where} {image_file(name)}")
+        image_name = _member(sample, image_files(name))
+        if view is None or image_name is None:
+            raise ValueError(
+                f"{where}: view {name!r} missing (need one of {list(image_files(name))} and json views.{name})"
+            )
+        raw = _decode_pixels(sample, image_name, where)
         # Scale by the stored dtype's full range so 16-bit intensities keep their resolution.
         if raw.dtype == np.uint16:
             image = raw.astype(np.float32) / 65535.0
         elif raw.dtype == np.uint8:
             image = raw.astype(np.float32) / 255.0
         else:
-            raise ValueError(f"{where} {name}.png: unsupported pixel type {raw.dtype}")
+            raise ValueError(f"{where} {image_name}: unsupported pixel type {raw.dtype}")
         stored_h, stored_w = image.shape
         boxes = _boxes_of(view, f"{where} views.{name}")
         if (stored_h, stored_w) != (height, width):
@@ -177,11 +185,11 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-area boxes carry no region
         boxes = boxes[keep]
 
-        mask_name = mask_file(name)
-        if mask_name in sample:
-            mask = (_decode_png(sample[mask_name], f"{where} {mask_name}") > 0).astype(np.float32)
+        mask_name = _member(sample, mask_files(name))
+        if mask_name is not None:
+            mask = (_decode_pixels(sample, mask_name, where) > 0).astype(np.float32)
             if mask.shape != (stored_h, stored_w):
-                raise ValueError(f"{where}: {mask_name} is {mask.shape}, {name}.png is {(stored_h, stored_w)}")
+                raise ValueError(f"{where}: {mask_name} is {mask.shape}, {image_name} is {(stored_h, stored_w)}")
             if mask.shape != (height, width):
                 mask = _resize(mask, (height, width), nearest=True)
         else:
