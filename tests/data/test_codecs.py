@@ -104,3 +104,14 @@ def test_decode_file_dispatches_on_the_extension() -> None:
         decode_file("cc.png", b"nope")
     with pytest.raises(PayloadError, match="no pixel codec"):
         decode_file("cc.jpg", b"nope")
+
+
+def test_decode_into_a_given_array() -> None:
+    image = U16_CASES["odd 37x101"]
+    out = np.full(image.shape, 7, np.uint16)
+    assert decode_pixels(encode_pixels(image), out=out) is out
+    np.testing.assert_array_equal(out, image)
+    with pytest.raises(ValueError, match="out is uint16 \\(37, 100\\)"):
+        decode_pixels(encode_pixels(image), out=np.empty((37, 100), np.uint16))
+    with pytest.raises(ValueError, match="out is uint8"):
+        decode_pixels(encode_pixels(image), out=np.empty(image.shape, np.uint8))

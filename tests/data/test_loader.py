@@ -25,6 +25,7 @@ from mmclip_dist.data.storage import open_storage
 from mmclip_dist.data.stream.loader import (
     collate_samples,
     count_samples,
+    decode_batch,
     decode_sample,
     list_shards,
     make_eval_loader,
@@ -258,6 +259,40 @@ def test_collate_tokenises_each_view() -> None:
     mlo_ids = [vocab[t] for t in ["[CLS]", "projection", "position", ":", "lmlo", "[SEP]"]]
     assert batch["input_ids"][1, 1].tolist() == mlo_ids + [vocab["[PAD]"]] * 4
     assert batch["attention_mask"][1, 1].tolist() == [1] * 6 + [0] * 4
+
+
+def test_decode_batch_equals_collated_decoded_samples() -> None:
+    """Decoding straight into the batch rows gives the batch that stacking per-sample arrays gives."""
+    cfg = DataConfig(image_size=(H, W), max_text_len=10, max_rois=2)
+    with_mask = make_sample("g2", cc_boxes=[[0, 0, 4, 4]])
+    stored = np.zeros((H, W), np.uint8)
+    stored[3:6, 7:9] = 255
+    with_mask["cc_mask.u8.zst"] = encode_pixels(stored)
+    raw = [make_sample("g1", cc_boxes=[[1.5, 2.2, 4.0, 5.0]], mlo_boxes=[[0, 0, 3, 3], [5, 5, 9, 9], [1, 1, 2, 2]],
+                       noise=True), with_mask, make_sample("g3", legacy=True, mlo_boxes=[[2, 2, 6, 6]]),
+           make_sample("g4", size=(6, 8), cc_boxes=[[1, 1, 3, 2]])]  # fmt: skip
+    tokenizer = tiny_tokenizer()
+    direct = decode_batch([{**r, "__url__": "mem"} for r in raw], cfg, tokenizer)
+    stacked = collate_samples([decoded(r, cfg) for r in raw], cfg, tokenizer)
+    assert direct.keys() == stacked.keys()
+    for field in ("images", "masks", "boxes", "box_valid", "input_ids", "attention_mask", "label"):
+        assert direct[field].dtype == stacked[field].dtype and torch.equal(direct[field], stacked[field]), field
+    assert direct["keys"] == ["g1", "g2", "g3", "g4"] and direct["meta"] == stacked["meta"]
+    assert direct["masks"][1, 0, 0].sum() == 6 and direct["masks"][0, 1, 0].sum() == 9 + 16  # union: the third box lies in the first
+
+
+def test_worker_batches_are_decoded_in_shared_memory(tmp_path: Path) -> None:
+    """DataLoader workers fill batches in fresh shared memory; masks drawn there start from zeros."""
+    write_shards(tmp_path, "train", [4, 4], cc_boxes=[[1, 2, 5, 6]])
+    cfg = DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=2, shuffle_buffer=2, max_text_len=8)
+    batches = list(make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=1, micro_batch=2, seed=0))
+    assert len(batches) == 4
+    for batch in batches:
+        assert batch["images"].is_shared() and batch["masks"].is_shared()
+        assert (batch["images"][:, 0] == np.float32(1000 / 65535)).all()
+        assert (batch["images"][:, 1] == np.float32(500 / 65535)).all()
+        assert batch["masks"][:, 0].sum().item() == 2 * 16 and batch["masks"][:, 1].sum().item() == 0
+        assert batch["box_valid"].tolist() == [[[True, False, False, False], [False] * 4]] * 2
 
 
 # ---------------------------------------------------------------------------------------------- shards

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.codecs import decode_file
+from mmclip_dist.data.codecs import decode_file, decode_pixels, payload_shape
 from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_files, mask_files, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
 
@@ -102,13 +102,31 @@ def _member(sample: dict[str, Any], names: tuple[str, ...]) -> str | None:
 
 
 def _decode_pixels(sample: dict[str, Any], name: str, where: str) -> np.ndarray:
+    """A member's pixels; a payload decodes into this process's reusable buffer of its size (valid until the
+    next call), which saves a fresh allocation and its page faults per image."""
+    data = sample[name]
     try:
-        array = decode_file(name, sample[name])
+        if name.endswith(".png"):
+            array = decode_file(name, data)
+        else:
+            h, w, dtype = payload_shape(data)
+            array = decode_pixels(data, _reusable((h, w), dtype))
     except ValueError as err:
         raise ValueError(f"{where} {name}: {err}") from err
     if array.ndim != 2:
         raise ValueError(f"{where} {name}: expected a single-channel image, got shape {array.shape}")
     return array
+
+
+_BUFFERS: dict[tuple[tuple[int, int], np.dtype], np.ndarray] = {}
+
+
+def _reusable(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    # One per (shape, dtype) and process: a DataLoader worker is one process decoding one image at a time.
+    key = (shape, dtype)
+    if key not in _BUFFERS:
+        _BUFFERS[key] = np.empty(shape, dtype)
+    return _BUFFERS[key]
 
 
 def _boxes_of(view: dict[str, Any], what: str) -> np.ndarray:
@@ -122,9 +140,10 @@ def _boxes_of(view: dict[str, Any], what: str) -> np.ndarray:
     return boxes
 
 
-def masks_from_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [H, W] mask, 1 on every pixel a box overlaps: columns floor(x1)..ceil(x2)-1, same for rows."""
-    mask = np.zeros((height, width), np.uint8)
+def masks_from_boxes(boxes: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """[H, W] mask, 1 on every pixel a box overlaps: columns floor(x1)..ceil(x2)-1, same for rows (uint8, or
+    drawn into ``out``, which must be all zeros)."""
+    mask = np.zeros((height, width), np.uint8) if out is None else out
     for x1, y1, x2, y2 in boxes:
         c0, c1 = max(0, math.floor(x1)), min(width, math.ceil(x2))
         r0, r1 = max(0, math.floor(y1)), min(height, math.ceil(y2))
@@ -142,9 +161,27 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarr
     return out[0, 0].numpy()
 
 
-def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
+_SAMPLE_ARRAYS = ("images", "masks", "boxes", "box_valid")
+
+
+def _sample_shapes(cfg: DataConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    height, width = cfg.image_size
+    views = len(VIEWS)
+    return {
+        "images": ((views, 1, height, width), torch.float32),
+        "masks": ((views, 1, height, width), torch.float32),
+        "boxes": ((views, cfg.max_rois, 4), torch.float32),
+        "box_valid": ((views, cfg.max_rois), torch.bool),
+    }
+
+
+def decode_sample(sample: dict[str, Any], cfg: DataConfig, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Tar members of one breast → ``images``/``masks`` float32 [2, 1, H, W], ``boxes`` float32 [2, R, 4],
-    ``box_valid`` bool [2, R], ``reports`` [cc, mlo], ``label``, ``key`` and the parsed ``meta`` JSON."""
+    ``box_valid`` bool [2, R], ``reports`` [cc, mlo], ``label``, ``key`` and the parsed ``meta`` JSON.
+
+    ``out`` (zero-filled arrays of those shapes, e.g. one row of a fresh batch) receives the arrays instead of
+    new ones: the pixels are written once, where the batch needs them, and a mask drawn from boxes touches
+    only the boxes' memory (fresh zeroed pages cost nothing until written)."""
     key = sample.get("__key__", "?")
     where = f"sample {key} in {sample.get('__url__', '?')}"
     if "json" not in sample:
@@ -155,10 +192,9 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         raise ValueError(f"{where}: invalid json member ({err})") from err
     height, width = cfg.image_size
     rois = cfg.max_rois
-    images = np.zeros((2, 1, height, width), np.float32)
-    masks = np.zeros((2, 1, height, width), np.float32)
-    boxes_out = np.zeros((2, rois, 4), np.float32)
-    valid = np.zeros((2, rois), bool)
+    if out is None:
+        out = {name: _batch_tensor(shape, dtype).numpy() for name, (shape, dtype) in _sample_shapes(cfg).items()}
+    images, masks, boxes_out, valid = (out[name] for name in _SAMPLE_ARRAYS)
     reports: list[str] = []
     for v, name in enumerate(VIEWS):
         view = meta.get("views", {}).get(name)
@@ -170,16 +206,19 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         raw = _decode_pixels(sample, image_name, where)
         # Scale by the stored dtype's full range so 16-bit intensities keep their resolution.
         if raw.dtype == np.uint16:
-            image = raw.astype(np.float32) / 65535.0
+            scale = np.float32(65535)
         elif raw.dtype == np.uint8:
-            image = raw.astype(np.float32) / 255.0
+            scale = np.float32(255)
         else:
             raise ValueError(f"{where} {image_name}: unsupported pixel type {raw.dtype}")
-        stored_h, stored_w = image.shape
+        stored_h, stored_w = raw.shape
         boxes = _boxes_of(view, f"{where} views.{name}")
         if (stored_h, stored_w) != (height, width):
-            image = np.clip(_resize(image, (height, width), nearest=False), 0.0, 1.0)
+            image = np.clip(_resize(raw / scale, (height, width), nearest=False), 0.0, 1.0)
+            images[v, 0] = image
             boxes = boxes * np.array([width / stored_w, height / stored_h] * 2, np.float32)
+        else:
+            np.divide(raw, scale, out=images[v, 0])  # the same float32 values as astype + divide, no temporaries
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-area boxes carry no region
@@ -187,17 +226,17 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
 
         mask_name = _member(sample, mask_files(name))
         if mask_name is not None:
-            mask = (_decode_pixels(sample, mask_name, where) > 0).astype(np.float32)
-            if mask.shape != (stored_h, stored_w):
-                raise ValueError(f"{where}: {mask_name} is {mask.shape}, {image_name} is {(stored_h, stored_w)}")
-            if mask.shape != (height, width):
-                mask = _resize(mask, (height, width), nearest=True)
+            stored = _decode_pixels(sample, mask_name, where)
+            if stored.shape != (stored_h, stored_w):
+                raise ValueError(f"{where}: {mask_name} is {stored.shape}, {image_name} is {(stored_h, stored_w)}")
+            if stored.shape != (height, width):
+                masks[v, 0] = _resize((stored > 0).astype(np.float32), (height, width), nearest=True)
+            else:
+                np.greater(stored, 0, out=masks[v, 0])
         else:
-            mask = masks_from_boxes(boxes, height, width).astype(np.float32)
+            masks_from_boxes(boxes, height, width, out=masks[v, 0])
 
         n = min(len(boxes), rois)
-        images[v, 0] = image
-        masks[v, 0] = mask
         boxes_out[v, :n] = boxes[:n]
         valid[v, :n] = True
         report = view.get("report")
@@ -207,13 +246,32 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     label = meta.get("label", {}).get("malignant", -1)
     return {
         "key": key,
-        "images": images,
-        "masks": masks,
-        "boxes": boxes_out,
-        "box_valid": valid,
+        **out,
         "reports": reports,
         "label": int(label),
         "meta": meta,
+    }
+
+
+def _tokenise(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Both views' reports of every sample in one tokenizer call → ``input_ids`` / ``attention_mask`` [B, 2, L]."""
+    texts = [report for sample in samples for report in sample["reports"]]  # [cc0, mlo0, cc1, mlo1, ...]
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="np")
+    shape = (len(samples), len(VIEWS), -1)
+    return {
+        "input_ids": torch.from_numpy(tokens["input_ids"].astype(np.int64, copy=False)).view(shape),
+        "attention_mask": torch.from_numpy(tokens["attention_mask"].astype(np.int64, copy=False)).view(shape),
+    }
+
+
+def _batch_fields(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
+    return {
+        **_tokenise(samples, cfg, tokenizer),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        "keys": [s["key"] for s in samples],
+        # Parsed shard json of each breast (density, birads, box_labels, patient_id, ...): downstream
+        # tasks read their labels from it (mmclip_dist.eval.tasks); the model ignores it.
+        "meta": [s["meta"] for s in samples],
     }
 
 
@@ -221,22 +279,32 @@ def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: A
     """Decoded samples → the batch dict (tensors stacked, both views' reports tokenised in one call)."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    texts = [report for sample in samples for report in sample["reports"]]  # [cc0, mlo0, cc1, mlo1, ...]
-    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
-    batch = len(samples)
-    return {
-        "images": torch.from_numpy(np.stack([s["images"] for s in samples])),
-        "masks": torch.from_numpy(np.stack([s["masks"] for s in samples])),
-        "boxes": torch.from_numpy(np.stack([s["boxes"] for s in samples])),
-        "box_valid": torch.from_numpy(np.stack([s["box_valid"] for s in samples])),
-        "input_ids": tokens["input_ids"].long().view(batch, len(VIEWS), -1),
-        "attention_mask": tokens["attention_mask"].long().view(batch, len(VIEWS), -1),
-        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
-        "keys": [s["key"] for s in samples],
-        # Parsed shard json of each breast (density, birads, box_labels, patient_id, ...): downstream
-        # tasks read their labels from it (mmclip_dist.eval.tasks); the model ignores it.
-        "meta": [s["meta"] for s in samples],
+    stacked = {name: torch.from_numpy(np.stack([s[name] for s in samples])) for name in _SAMPLE_ARRAYS}
+    return {**stacked, **_batch_fields(samples, cfg, tokenizer)}
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled tensor whose pages are mapped lazily (calloc'd / fresh shared memory, not a memset)."""
+    if get_worker_info() is None:
+        return torch.from_numpy(np.zeros(shape, torch.empty(0, dtype=dtype).numpy().dtype))
+    # In a DataLoader worker, allocate the batch in shared memory (as default_collate does): sending it to
+    # the trainer process then costs no copy. New shared memory is zero-filled (ftruncate).
+    template = torch.empty(0, dtype=dtype)
+    storage = template._typed_storage()._new_shared(math.prod(shape), device=template.device)
+    return template.new(storage).view(shape)
+
+
+def decode_batch(raw: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
+    """Raw samples → the batch dict; same result as ``collate_samples([decode_sample(s) ...])``, but each
+    sample's pixels are decoded straight into its row of the batch tensors."""
+    if not raw:
+        raise ValueError("cannot collate an empty list of samples")
+    tensors = {
+        name: _batch_tensor((len(raw), *shape), dtype) for name, (shape, dtype) in _sample_shapes(cfg).items()
     }
+    rows = [{name: tensor[i].numpy() for name, tensor in tensors.items()} for i in range(len(raw))]
+    samples = [decode_sample(sample, cfg, out=row) for sample, row in zip(raw, rows, strict=True)]
+    return {**tensors, **_batch_fields(samples, cfg, tokenizer)}
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -326,7 +394,7 @@ class _TrainStream(IterableDataset):
             raw = [next(samples) for _ in range(self.micro_batch)]
             if index < skip:
                 continue  # consumed but not decoded: resuming costs tar reads only
-            yield collate_samples([decode_sample(s, self.cfg) for s in raw], self.cfg, self.tokenizer)
+            yield decode_batch(raw, self.cfg, self.tokenizer)
 
 
 class TrainLoader:
@@ -426,12 +494,12 @@ class EvalLoader:
         pending: list[dict[str, Any]] = []
         for url in self.shards:
             for sample in iter_shard(url, self.cfg.s3_endpoint):
-                pending.append(decode_sample(sample, self.cfg))
+                pending.append(sample)
                 if len(pending) == self.batch_size:
-                    yield collate_samples(pending, self.cfg, self.tokenizer)
+                    yield decode_batch(pending, self.cfg, self.tokenizer)
                     pending = []
         if pending:
-            yield collate_samples(pending, self.cfg, self.tokenizer)
+            yield decode_batch(pending, self.cfg, self.tokenizer)
 
 
 def make_eval_loader(
