@@ -21,7 +21,6 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import braceexpand
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,32 +29,16 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmclip_dist.config import DataConfig
 from mmclip_dist.data.codecs import decode_file, decode_pixels, payload_shape
-from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_files, mask_files, sidecar_name
-from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
+from mmclip_dist.data.shard_format import VIEWS, image_files, mask_files
+from mmclip_dist.data.storage import open_url
+from mmclip_dist.data.stream.shard_set import ShardSet, count_samples, list_shards, resolve_shard_set, share
+
+__all__ = ["ShardSet", "count_samples", "list_shards", "resolve_shard_set"]  # re-exported: listing lives there
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- shards
-
-
-def list_shards(url: str, endpoint: str | None = None, split: str | None = None) -> list[str]:
-    """Shard URLs: a brace pattern is expanded as written; a folder / S3 prefix is listed for
-    ``{split}-NNNNNN.tar`` (any split when ``split`` is None); a single ``.tar`` URL is returned as is."""
-    if not url:
-        raise ValueError("no shard location given (data.train_shards / data.eval_shards is empty)")
-    if "{" in url:
-        return list(braceexpand.braceexpand(url))
-    if url.endswith(".tar"):
-        return [url]
-    storage = open_storage(url, endpoint)
-    splits = {n: m.group("split") for n in storage.list() if "/" not in n and (m := SHARD_NAME.match(n))}
-    selected = [n for n, s in splits.items() if split is None or s == split]
-    if not selected:
-        found = sorted(set(splits.values()))
-        wanted = f"{split}-NNNNNN.tar" if split else "<split>-NNNNNN.tar"
-        raise FileNotFoundError(f"no shards named {wanted} under {url} (splits found there: {found or 'none'})")
-    return [storage.url_for(n) for n in selected]
 
 
 def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]]:
@@ -64,33 +47,6 @@ def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]
         files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
         yield from group_by_keys(files)
 
-
-def _manifest_counts(storage: Storage) -> dict[str, int]:
-    """``{shard name: samples}`` from the shard writer's ``manifest.json``; empty when there is none."""
-    if not storage.exists(MANIFEST):
-        return {}
-    manifest = json.loads(storage.get_bytes(MANIFEST))
-    return {entry["name"]: int(entry["samples"]) for entry in manifest.get("shards", [])}
-
-
-def count_samples(shards: Sequence[str], endpoint: str | None = None) -> int:
-    """Samples in ``shards``, from the shard writer's records: ``manifest.json`` (one read per folder), else
-    each shard's sidecar ``{split}-NNNNNN.json``, else by reading the tar headers (nothing decoded)."""
-    total = 0
-    manifests: dict[str, dict[str, int]] = {}
-    for url in shards:
-        parent, name = split_url(url)
-        storage = open_storage(parent, endpoint)
-        if parent not in manifests:
-            manifests[parent] = _manifest_counts(storage)
-        count = manifests[parent].get(name)
-        if count is None and storage.exists(sidecar_name(name)):
-            count = int(json.loads(storage.get_bytes(sidecar_name(name)))["samples"])
-        if count is None:
-            log.info("no manifest or sidecar for %s; counting its samples by reading it", url)
-            count = sum(1 for _ in iter_shard(url, endpoint))
-        total += count
-    return total
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -339,17 +295,12 @@ def _resampled(shards: list[str], rng: random.Random, endpoint: str | None) -> I
                 raise ValueError(f"every shard of this reader is empty: {shards}")
 
 
-def _share(total: int, parts: int, index: int) -> int:
-    """Items ``index`` gets when ``total`` are dealt round-robin to ``parts`` (index < total % parts get one more)."""
-    return max(0, (total - index + parts - 1) // parts)
-
-
 class _TrainStream(IterableDataset):
     """One rank's stream; each DataLoader worker yields its round-robin share of the rank's batches."""
 
     def __init__(
         self,
-        shards: list[str],
+        shard_set: ShardSet,
         cfg: DataConfig,
         tokenizer: Any,
         *,
@@ -361,7 +312,7 @@ class _TrainStream(IterableDataset):
         num_batches: int,
         skip_batches: int,
     ) -> None:
-        self.shards = shards
+        self.shard_set = shard_set
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.rank, self.world_size = rank, world_size
@@ -378,18 +329,17 @@ class _TrainStream(IterableDataset):
         # epoch belongs to reader "role" b % readers, so after skipping s batches worker w plays role
         # (w + s) % readers: the full-epoch stream and a resumed one then agree batch for batch.
         role = (worker + self.skip_batches) % self.readers
-        if self.cfg.split_by_node:
-            reader = self.rank * self.readers + role
-            shards = self.shards[reader :: self.world_size * self.readers]
-        else:
-            shards = self.shards
+        shards = self.shard_set.for_reader(
+            rank=self.rank, world_size=self.world_size, readers=self.readers, role=role,
+            split_by_node=self.cfg.split_by_node,
+        )  # fmt: skip
         # A string seed goes through SHA-512 in random.seed: stable across processes and Python runs.
         rng = random.Random(f"mmclip-train:{self.seed}:{self.epoch}:{self.rank}:{role}")
-        mine = _share(self.num_batches, self.readers, role)
-        skip = min(mine, _share(self.skip_batches, self.readers, role))
+        mine = share(self.num_batches, self.readers, role)
+        skip = min(mine, share(self.skip_batches, self.readers, role))
         if skip == mine:
             return
-        samples = _shuffle(_resampled(shards, rng, self.cfg.s3_endpoint), self.cfg.shuffle_buffer, rng)
+        samples = _shuffle(_resampled(list(shards.urls), rng, shards.endpoint), self.cfg.shuffle_buffer, rng)
         for index in range(mine):
             raw = [next(samples) for _ in range(self.micro_batch)]
             if index < skip:
@@ -428,36 +378,26 @@ def make_train_loader(
     seed: int,
     epoch: int = 0,
     skip_batches: int = 0,
-    shards: list[str] | None = None,
-    total_samples: int | None = None,
+    shard_set: ShardSet | None = None,
 ) -> TrainLoader:
-    """This rank's batches of one epoch; every rank gets the same number. ``shards`` / ``total_samples``
-    skip the listing / counting when the caller already has them (e.g. computed once on the driver)."""
+    """This rank's batches of one epoch; every rank gets the same number. ``shard_set``: the training shards
+    resolved once on the driver (``train_shard_set``); without it they are listed and counted here."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
-    split = cfg.train_split if "{" not in cfg.train_shards and not cfg.train_shards.endswith(".tar") else None
-    shards = shards if shards is not None else list_shards(cfg.train_shards, cfg.s3_endpoint, split)
+    shard_set = shard_set if shard_set is not None else train_shard_set(cfg)
     readers = max(1, cfg.loader_workers)
-    if cfg.split_by_node and len(shards) < world_size * readers:
-        raise ValueError(
-            f"{len(shards)} training shard(s) at {cfg.train_shards!r} but world_size x data.loader_workers = "
-            f"{world_size} x {readers} = {world_size * readers} readers each need their own shard; "
-            "write smaller shards (shards.shard_max_samples), use fewer loader workers, "
-            "or set data.split_by_node=false"
-        )
-    if cfg.epoch_samples:
-        total = cfg.epoch_samples
-    else:
-        total = total_samples if total_samples is not None else count_samples(shards, cfg.s3_endpoint)
+    if cfg.split_by_node:
+        shard_set.check_split(world_size, readers)
+    total = cfg.epoch_samples or shard_set.total
     num_batches = total // (world_size * micro_batch)
     if num_batches == 0:
         raise ValueError(
             f"{total} samples per epoch cannot fill one batch of {micro_batch} on each of {world_size} ranks"
         )
     dataset = _TrainStream(
-        shards,
+        shard_set,
         cfg,
         tokenizer,
         rank=rank,
@@ -485,15 +425,18 @@ def make_train_loader(
 class EvalLoader:
     """Every sample of ``shards`` exactly once, in shard order, in batches of ``batch_size``."""
 
-    def __init__(self, shards: list[str], cfg: DataConfig, tokenizer: Any, batch_size: int) -> None:
+    def __init__(
+        self, shards: list[str], cfg: DataConfig, tokenizer: Any, batch_size: int, endpoint: str | None = None
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.shards, self.cfg, self.tokenizer, self.batch_size = shards, cfg, tokenizer, batch_size
+        self.endpoint = endpoint or cfg.s3_endpoint
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pending: list[dict[str, Any]] = []
         for url in self.shards:
-            for sample in iter_shard(url, self.cfg.s3_endpoint):
+            for sample in iter_shard(url, self.endpoint):
                 pending.append(sample)
                 if len(pending) == self.batch_size:
                     yield decode_batch(pending, self.cfg, self.tokenizer)
@@ -503,13 +446,23 @@ class EvalLoader:
 
 
 def make_eval_loader(
-    url_or_shards: str | Sequence[str], cfg: DataConfig, tokenizer: Any, batch_size: int
+    url_or_shards: str | Sequence[str] | ShardSet, cfg: DataConfig, tokenizer: Any, batch_size: int
 ) -> Iterable[dict[str, Any]]:
     """Deterministic single pass; a folder / S3 prefix is read for ``cfg.eval_split`` shards."""
+    if isinstance(url_or_shards, ShardSet):
+        return EvalLoader(list(url_or_shards.urls), cfg, tokenizer, batch_size, url_or_shards.endpoint)
     if isinstance(url_or_shards, str):
-        url = url_or_shards
-        split = cfg.eval_split if "{" not in url and not url.endswith(".tar") else None
-        shards = list_shards(url, cfg.s3_endpoint, split)
+        shards = list_shards(url_or_shards, cfg.s3_endpoint, cfg.eval_split)
     else:
         shards = list(url_or_shards)
     return EvalLoader(shards, cfg, tokenizer, batch_size)
+
+
+def train_shard_set(cfg: DataConfig) -> ShardSet:
+    """``data.train_shards`` listed and counted (the driver calls this once per run)."""
+    return resolve_shard_set(cfg.train_shards, cfg.s3_endpoint, cfg.train_split)
+
+
+def eval_shard_set(cfg: DataConfig, url: str | None = None) -> ShardSet:
+    """``url`` (default ``data.eval_shards``) listed and counted for ``data.eval_split``."""
+    return resolve_shard_set(url or cfg.eval_shards, cfg.s3_endpoint, cfg.eval_split)
