@@ -5,9 +5,10 @@ scanners store it), then times on the same files:
 
 * decode only: ``decode_dicom(path, min_size=image_size)`` of every image, one process;
 * build, 1 process and 2 processes: ``build_shards`` end to end (CSV parsing, decode, preprocess,
-  report, PNG encode, tar, sidecars, manifest).
+  report, pixel payload encode, tar, sidecars, manifest).
 
-Goals (issue #3): build(1) / decode-only <= 1.25 and build(1) / build(2) >= 1.8.
+Goals: build(1) / decode-only <= 1.25 on JPEG 2000 input (issue #3), <= 1.5 on uncompressed input (issue #15,
+where "decoding" is little more than a file read); build(1) / build(2) >= 1.8.
 
     .venv/bin/python bench/shard_build.py [--patients 12 --height 2812 --width 2012 --codec j2k]
 """
@@ -91,7 +92,7 @@ def main() -> None:
     print(f"decode only    {decode:7.2f} s  ({decode / len(files) * 1000:.0f} ms/image)")
     print(f"build 1 proc   {one:7.2f} s  ({breasts / one:.2f} breasts/s)")
     print(f"build 2 procs  {two:7.2f} s  ({breasts / two:.2f} breasts/s)")
-    print(f"build/decode   {one / decode:7.2f}   (goal <= 1.25)")
+    print(f"build/decode   {one / decode:7.2f}   (goal <= {1.25 if args.codec == 'j2k' else 1.5})")
     print(f"speed-up 2/1   {one / two:7.2f}   (goal >= 1.8)")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

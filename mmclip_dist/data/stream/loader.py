@@ -1,13 +1,17 @@
 """WebDataset shards → collated training / evaluation batches (the "Batch" contract in docs/architecture.md).
 
 Training stream, per rank: ``make_train_loader`` gives each of the rank's DataLoader workers its own subset of
-shards (split by node, then by worker), resamples shards from that subset with an RNG seeded by (seed, epoch,
+the run's ``ShardSet`` (resolved once on the driver; split by node, then by worker), resamples shards from that subset with an RNG seeded by (seed, epoch,
 rank, worker), shuffles raw samples in a buffer, and cuts batches of ``micro_batch``. Every rank yields exactly
 ``epoch_samples // (world_size * micro_batch)`` batches per epoch: ranks that disagreed would leave one rank
 waiting forever in a collective op. Shuffling happens on the raw tar bytes and decoding afterwards, so
-``skip_batches`` (resume) only reads tar members and skips PNG decoding and tokenisation.
+``skip_batches`` (resume) only reads tar members and skips pixel decoding and tokenisation.
 
 Evaluation stream: shards in order, each sample exactly once, last partial batch kept.
+
+Per batch, ``decode_batch`` allocates the batch tensors once (in shared memory inside a DataLoader worker, so
+handing them to the trainer copies nothing) and decodes every sample's pixels straight into its row: at
+760x480 the per-breast cost is the pixel decode itself, not temporaries and copies (docs/benchmarks.md).
 
 Shards are read through ``storage.open_url``: on S3 a dropped connection resumes from its byte offset.
 """
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard: ``{"__key__", "__url__", "cc.png": bytes, ...}`` (nothing decoded)."""
+    """Raw samples of one shard: ``{"__key__", "__url__", "cc.u16.zst": bytes, ...}`` (nothing decoded)."""
     with open_url(url, endpoint) as stream:
         files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
         yield from group_by_keys(files)
