@@ -29,13 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from mmclip_dist.config import DataConfig
 from mmclip_dist.data.codecs import decode_file, decode_pixels, payload_shape
 from mmclip_dist.data.shard_format import VIEWS, image_files, mask_files
 from mmclip_dist.data.storage import open_url
 from mmclip_dist.data.stream.shard_set import ShardSet, count_samples, list_shards, resolve_shard_set, share
+from mmclip_dist.data.stream.tar_reader import tar_members
 
 __all__ = ["ShardSet", "count_samples", "list_shards", "resolve_shard_set"]  # re-exported: listing lives there
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]]:
     """Raw samples of one shard: ``{"__key__", "__url__", "cc.u16.zst": bytes, ...}`` (nothing decoded)."""
     with open_url(url, endpoint) as stream:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+        files = ({**f, "__url__": url} for f in tar_members(stream, url))
         yield from group_by_keys(files)
 
 
