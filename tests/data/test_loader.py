@@ -216,7 +216,8 @@ def test_decode_errors_name_the_sample() -> None:
     cfg = DataConfig(image_size=(H, W))
     sample = make_sample("e1")
     del sample["mlo.u16.zst"]
-    with pytest.raises(ValueError, match=r"sample e1 in mem: view 'mlo' missing \(need one of \['mlo.u16.zst', 'mlo.png'\]"):
+    missing = r"sample e1 in mem: view 'mlo' missing \(need one of \['mlo.u16.zst', 'mlo.png'\]"
+    with pytest.raises(ValueError, match=missing):
         decoded(sample, cfg)
     sample = make_sample("e2")
     sample["cc.u16.zst"] = b"not a payload at all"
@@ -278,7 +279,8 @@ def test_decode_batch_equals_collated_decoded_samples() -> None:
     for field in ("images", "masks", "boxes", "box_valid", "input_ids", "attention_mask", "label"):
         assert direct[field].dtype == stacked[field].dtype and torch.equal(direct[field], stacked[field]), field
     assert direct["keys"] == ["g1", "g2", "g3", "g4"] and direct["meta"] == stacked["meta"]
-    assert direct["masks"][1, 0, 0].sum() == 6 and direct["masks"][0, 1, 0].sum() == 9 + 16  # union: the third box lies in the first
+    # the third mlo box lies inside the first: the mask is their union
+    assert direct["masks"][1, 0, 0].sum() == 6 and direct["masks"][0, 1, 0].sum() == 9 + 16
 
 
 def test_worker_batches_are_decoded_in_shared_memory(tmp_path: Path) -> None:

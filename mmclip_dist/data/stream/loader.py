@@ -1,9 +1,9 @@
 """WebDataset shards → collated training / evaluation batches (the "Batch" contract in docs/architecture.md).
 
 Training stream, per rank: ``make_train_loader`` gives each of the rank's DataLoader workers its own subset of
-the run's ``ShardSet`` (resolved once on the driver; split by node, then by worker), resamples shards from that subset with an RNG seeded by (seed, epoch,
-rank, worker), shuffles raw samples in a buffer, and cuts batches of ``micro_batch``. Every rank yields exactly
-``epoch_samples // (world_size * micro_batch)`` batches per epoch: ranks that disagreed would leave one rank
+the run's ``ShardSet`` (resolved once on the driver; split by node, then by worker), resamples shards from that
+subset with an RNG seeded by (seed, epoch, rank, worker), shuffles raw samples in a buffer, and cuts batches of
+``micro_batch``. Every rank yields exactly ``epoch_samples // (world_size * micro_batch)`` batches per epoch: ranks that disagreed would leave one rank
 waiting forever in a collective op. Shuffling happens on the raw tar bytes and decoding afterwards, so
 ``skip_batches`` (resume) only reads tar members and skips pixel decoding and tokenisation.
 
