@@ -110,8 +110,12 @@ def make_sample(
     }
     if legacy:
         return {"__key__": key, "cc.png": png16(cc), "mlo.png": png16(mlo), "json": json.dumps(meta).encode()}
-    return {"__key__": key, "cc.u16.zst": encode_pixels(cc), "mlo.u16.zst": encode_pixels(mlo),
-            "json": json.dumps(meta).encode()}
+    return {
+        "__key__": key,
+        "cc.u16.zst": encode_pixels(cc),
+        "mlo.u16.zst": encode_pixels(mlo),
+        "json": json.dumps(meta).encode(),
+    }
 
 
 def write_shards(folder: Path, split: str, counts: list[int], **sample_kwargs: Any) -> list[str]:

@@ -53,7 +53,6 @@ def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]
         yield from group_by_keys(files)
 
 
-
 # ---------------------------------------------------------------------------------------------- decoding
 
 
@@ -260,9 +259,7 @@ def decode_batch(raw: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> 
     sample's pixels are decoded straight into its row of the batch tensors."""
     if not raw:
         raise ValueError("cannot collate an empty list of samples")
-    tensors = {
-        name: _batch_tensor((len(raw), *shape), dtype) for name, (shape, dtype) in _sample_shapes(cfg).items()
-    }
+    tensors = {name: _batch_tensor((len(raw), *shape), dtype) for name, (shape, dtype) in _sample_shapes(cfg).items()}
     rows = [{name: tensor[i].numpy() for name, tensor in tensors.items()} for i in range(len(raw))]
     samples = [decode_sample(sample, cfg, out=row) for sample, row in zip(raw, rows, strict=True)]
     return {**tensors, **_batch_fields(samples, cfg, tokenizer)}
