@@ -34,7 +34,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from mmclip_dist.config import Config, load_config  # noqa: E402
+from mmclip_dist.config import Config, DataConfig, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,17 +180,19 @@ def loader_rates(cfg: Config, micro_batch: int, batches: int, use_s3: bool, work
 
     from mmclip_devtools.s3_server import LocalS3Server
     from mmclip_dist.data.storage import open_storage
+    from mmclip_dist.data.stream.shard_set import resolve_shard_set
     from mmclip_dist.model.tokenizer import train_wordpiece_tokenizer
 
     shards = work / "shards"
-    shards.mkdir()
-    write_shards(shards, 16 * micro_batch, 2 * micro_batch, tuple(cfg.data.image_size))
+    write_shards(shards, "zstd", batches * micro_batch, 2 * micro_batch, tuple(cfg.data.image_size))
     tokenizer = train_wordpiece_tokenizer([REPORT] * 4, vocab_size=200)
-    data = cfg.data.model_copy(update={"loader_workers": 1, "shuffle_buffer": 2 * micro_batch})
-    rates = {
-        "local": micro_batch
-        / time_loader(data.model_copy(update={"train_shards": str(shards)}), tokenizer, micro_batch, batches)
-    }
+    data = cfg.data.model_copy(update={"loader_workers": 1, "shuffle_buffer": 2 * micro_batch, "split_by_node": False})
+
+    def rate(data: DataConfig) -> float:
+        return time_loader(data, resolve_shard_set(data.train_shards, data.s3_endpoint, "train"), tokenizer,
+                           micro_batch)[0]  # fmt: skip
+
+    rates = {"local": rate(data.model_copy(update={"train_shards": str(shards)}))}
     if use_s3:
         with LocalS3Server(work / "s3", bucket="bench") as server:
             os.environ.update(server.env())
@@ -198,7 +200,7 @@ def loader_rates(cfg: Config, micro_batch: int, batches: int, use_s3: bool, work
             for path in sorted(shards.iterdir()):
                 storage.put_file(path, path.name)
             s3_data = data.model_copy(update={"train_shards": "s3://bench/shards", "s3_endpoint": server.endpoint})
-            rates["s3"] = micro_batch / time_loader(s3_data, tokenizer, micro_batch, batches)
+            rates["s3"] = rate(s3_data)
     return rates
 
 

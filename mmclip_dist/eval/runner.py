@@ -173,7 +173,7 @@ def evaluate(
     figures: bool = True,
 ) -> EvalResult:  # fmt: skip
     """Score ``cfg.eval.task`` with ``cfg.eval.mode`` on the test split of ``shards`` (default ``data.eval_shards``)."""
-    from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
+    from mmclip_dist.data.stream.loader import eval_shard_set, make_eval_loader, resolve_shard_set
     from mmclip_dist.tracking import resolve_tracking_uri
 
     log_fn = _redacting(log_fn, cfg)
@@ -186,7 +186,7 @@ def evaluate(
     url = shards or cfg.data.eval_shards
     if not url:
         raise ValueError("no shards to evaluate on: pass --shards or set data.eval_shards")
-    test_shards = list_shards(url, data.s3_endpoint, None if "{" in url or url.endswith(".tar") else data.eval_split)
+    test_shards = eval_shard_set(data, url)  # listed once, here; the loaders only read
     test = make_eval_loader(test_shards, data, tokenizer, cfg.eval.batch_size)
     log_fn(
         f"model {folder}; task {task.name} ({task.description}); mode {mode}; {len(test_shards)} test shard(s) at {url}"
@@ -202,8 +202,8 @@ def evaluate(
         outputs, details = _zeroshot(task, cfg, model, tokenizer, data, test)
     else:
         train_url = cfg.data.train_shards or url
-        train_shards = list_shards(train_url, data.s3_endpoint, data.train_split)
-        shared = sorted(set(train_shards) & set(test_shards))
+        train_shards = resolve_shard_set(train_url, data.s3_endpoint, data.train_split)
+        shared = sorted(set(train_shards.urls) & set(test_shards.urls))
         if shared:  # e.g. one brace pattern given for both: the probe would be fitted on the test breasts
             raise ValueError(
                 f"train and test shards overlap ({shared[:3]}...): give a folder holding both splits "

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from mmclip_dist.config import Config, secret_env_names
 from mmclip_dist.data.stream.loader import DataSkipError
+from mmclip_dist.data.stream.shard_set import ShardSet
 from mmclip_dist.losses.distributed import mean_across_ranks
 from mmclip_dist.tracking import RunLogger
 from mmclip_dist.train.callbacks import load_step_callback
@@ -27,7 +28,7 @@ from mmclip_dist.train.step_batches import step_stream
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: ``loop_config`` = {"config": Config dump, "mlflow_run_id", "tracking_uri"}."""
+    """Ray Train entry point: ``loop_config`` = ``trainer.train_loop_config`` (Config dump, MLflow run, shard set)."""
     import deepspeed  # after Ray has set DS_ACCELERATOR in this worker's environment
 
     from mmclip_dist.losses import MMCLIPLoss
@@ -60,7 +61,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     state = restored or TrainState(mlflow_run_id=loop_config["mlflow_run_id"])
     logger = RunLogger(loop_config["tracking_uri"], state.mlflow_run_id, enabled=rank == 0)
     tokenizer = load_tokenizer(cfg.model)
-    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.batches_in_epoch)
+    shard_set = ShardSet.from_json(loop_config["train_shards"])  # resolved on the driver: no listing here
+    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.batches_in_epoch, shard_set)
     cache = FeatureCache(MMCLIPLoss(cfg.loss), engine.module)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device

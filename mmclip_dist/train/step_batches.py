@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmclip_dist.config import Config, accumulation_steps
-from mmclip_dist.data.stream.loader import make_train_loader
+from mmclip_dist.data.stream.loader import make_train_loader, train_shard_set
+from mmclip_dist.data.stream.shard_set import ShardSet
 
 
 @dataclass
@@ -20,9 +21,16 @@ class StepBatches:
 
 
 def step_stream(
-    cfg: Config, tokenizer: Any, rank: int, world_size: int, epoch: int, batches_in_epoch: int
+    cfg: Config,
+    tokenizer: Any,
+    rank: int,
+    world_size: int,
+    epoch: int,
+    batches_in_epoch: int,
+    shard_set: ShardSet | None = None,
 ) -> Iterator[StepBatches]:
     """Yield ``accumulation_steps`` micro-batches at a time, forever, starting at a saved position.
+    ``shard_set``: the training shards as resolved on the driver (else listed here, once).
 
     Every rank yields the same number of micro-batches per epoch (the loader guarantees it), so all
     ranks reach each collective together; a step may span an epoch boundary.
@@ -30,6 +38,7 @@ def step_stream(
     accumulation = accumulation_steps(cfg.train.global_batch, world_size, cfg.train.micro_batch)
     pending: list[dict[str, Any]] = []
     skip = batches_in_epoch
+    shard_set = shard_set if shard_set is not None else train_shard_set(cfg.data)
     while True:
         loader = make_train_loader(
             cfg.data,
@@ -40,6 +49,7 @@ def step_stream(
             seed=cfg.train.seed,
             epoch=epoch,
             skip_batches=skip,
+            shard_set=shard_set,
         )
         position = skip
         for batch in loader:

@@ -19,7 +19,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mmclip_dist.config import Config
-from mmclip_dist.data.stream.loader import DataSkipError
+from mmclip_dist.data.stream.loader import DataSkipError, train_shard_set
 from mmclip_dist.tracking import finish_run, reopen_run, resolve_tracking_uri, start_run
 from mmclip_dist.train.data_health import take_data_error
 from mmclip_dist.train.loop import train_worker, worker_env
@@ -61,6 +61,17 @@ def latest_checkpoint_state(fs: pafs.FileSystem, run_dir: str) -> TrainState | N
     return None
 
 
+def train_loop_config(cfg: Config, run_id: str, tracking_uri: str) -> dict[str, Any]:
+    """What every rank receives. The training shards are listed and counted here, once per run: ranks never
+    list the bucket or read the manifest themselves (see ``data/stream/shard_set.py``)."""
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "mlflow_run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "train_shards": train_shard_set(cfg.data).to_json(),
+    }
+
+
 def run_training(cfg: Config, progress: Callable[[str], None] | None = None) -> TrainResult:
     """Train with ``cfg`` on the connected Ray cluster; returns when the run (and its retries) ends.
     ``progress`` receives a line per logged step (step/total, loss, samples/s, ETA)."""
@@ -85,11 +96,7 @@ def run_training(cfg: Config, progress: Callable[[str], None] | None = None) -> 
         run_id = start_run(cfg, train.run_name, {"ray_run": train.run_name})
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "mlflow_run_id": run_id,
-            "tracking_uri": tracking_uri,
-        },
+        train_loop_config=train_loop_config(cfg, run_id, tracking_uri),
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter
@@ -19,6 +18,7 @@ from mmclip_dist.config import REDACTED, ShardsConfig, SyntheticConfig
 from mmclip_dist.data.build.builder import assign_split, build_shards
 from mmclip_dist.data.build.deid import SaltError
 from mmclip_dist.data.build.shard_writer import ShardSink, verify_output
+from mmclip_dist.data.codecs import decode_pixels
 from mmclip_dist.data.synthetic import generate_vindr_dataset, load_truth
 
 SIZE = (96, 64)
@@ -60,7 +60,7 @@ def test_synthetic_build_follows_the_schema(synthetic_root: Path, tmp_path: Path
     assert len(samples) == 10
     labels = Counter()
     for key, files in samples.items():
-        assert sorted(files) == ["cc.png", "json", "mlo.png"]
+        assert sorted(files) == ["cc.u16.zst", "json", "mlo.u16.zst"]
         meta = json.loads(files["json"])
         assert meta["breast_id"] == key and len(key) == 32 and "." not in key
         assert set(meta) == {
@@ -75,12 +75,12 @@ def test_synthetic_build_follows_the_schema(synthetic_root: Path, tmp_path: Path
             "birads",
             "views",
         }
+        assert meta["schema"] == 2
         assert meta["label"]["source"] == "birads_proxy"
         assert meta["label"]["malignant"] == (1 if meta["birads"] >= 4 else 0)
         labels[meta["label"]["malignant"]] += 1
         for view in ("cc", "mlo"):
-            png = Image.open(io.BytesIO(files[f"{view}.png"]))
-            pixels = np.asarray(png)
+            pixels = decode_pixels(files[f"{view}.u16.zst"])
             assert pixels.dtype == np.uint16 and pixels.shape == SIZE
             assert pixels.max() > 255  # really 16-bit content, not 8 bits in a 16-bit container
             v = meta["views"][view]
@@ -236,8 +236,8 @@ def test_verify_cli(synthetic_root: Path, tmp_path: Path, capsys: pytest.Capture
     assert "train-000000.tar: sha256" in capsys.readouterr().err
 
 
-def _mask_bbox(png: bytes) -> list[int]:
-    mask = np.asarray(Image.open(io.BytesIO(png))) > 0
+def _mask_bbox(payload: bytes) -> list[int]:
+    mask = decode_pixels(payload) > 0
     ys, xs = np.nonzero(mask)
     return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
 
@@ -290,13 +290,13 @@ def test_cbis_masks_matched_by_size_and_boxes_from_masks(tmp_path: Path) -> None
     )
     assert result.rejects == [] and result.manifest["label_source"] == "pathology"
     (files,) = read_samples(out).values()
-    assert sorted(files) == ["cc.png", "cc_mask.png", "json", "mlo.png", "mlo_mask.png"]
+    assert sorted(files) == ["cc.u16.zst", "cc_mask.u8.zst", "json", "mlo.u16.zst", "mlo_mask.u8.zst"]
     meta = json.loads(files["json"])
     assert meta["label"] == {"malignant": 1, "source": "pathology"} and meta["density"] == "B"
     for view in ("cc", "mlo"):
         (box,) = meta["views"][view]["boxes"]
         # The box taken from the mask lands where the stored mask is (both went through one transform).
-        assert np.allclose(box, _mask_bbox(files[f"{view}_mask.png"]), atol=1.0), (view, box)
+        assert np.allclose(box, _mask_bbox(files[f"{view}_mask.u8.zst"]), atol=1.0), (view, box)
         assert meta["views"][view]["box_labels"] == ["Mass"]
         assert "Pathology: malignancy." in meta["views"][view]["report"]
 
@@ -346,8 +346,8 @@ def test_generic_build_uses_given_reports_and_png_masks(tmp_path: Path) -> None:
     assert meta["split"] == "train"
     assert meta["views"]["cc"]["report"] == "Given report."
     assert meta["views"]["mlo"]["report"].startswith("Projection Position: RMLO\n")
-    assert np.allclose(meta["views"]["cc"]["boxes"][0], _mask_bbox(files["cc_mask.png"]), atol=1.0)
-    assert "mlo_mask.png" not in files
+    assert np.allclose(meta["views"]["cc"]["boxes"][0], _mask_bbox(files["cc_mask.u8.zst"]), atol=1.0)
+    assert "mlo_mask.u8.zst" not in files
 
 
 @pytest.mark.integration
@@ -485,7 +485,14 @@ def test_cbis_mask_of_another_shape_drops_that_roi(tmp_path: Path) -> None:
     write_csv(tmp_path / "mass_case_description_train_set.csv", CBIS_MASS_COLUMNS, rows)
     out = tmp_path / "out"
     result = build_shards(
-        ShardsConfig(dataset="cbis", input=str(tmp_path), output=str(out), image_size=SIZE, salt="test-salt-0123456789", processes=1),
+        ShardsConfig(
+            dataset="cbis",
+            input=str(tmp_path),
+            output=str(out),
+            image_size=SIZE,
+            salt="test-salt-0123456789",
+            processes=1,
+        ),
         progress=False,
     )
     (reject,) = result.rejects

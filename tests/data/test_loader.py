@@ -20,10 +20,12 @@ from transformers import PreTrainedTokenizerFast
 
 from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.config import DataConfig
+from mmclip_dist.data.codecs import encode_pixels
 from mmclip_dist.data.storage import open_storage
 from mmclip_dist.data.stream.loader import (
     collate_samples,
     count_samples,
+    decode_batch,
     decode_sample,
     list_shards,
     make_eval_loader,
@@ -70,8 +72,9 @@ def make_sample(
     label: int = 1,
     value: int = 1000,
     noise: bool = False,
+    legacy: bool = False,
 ) -> dict[str, Any]:
-    """One breast following the shard schema of docs/architecture.md."""
+    """One breast following the shard schema of docs/architecture.md (``legacy``: schema 1, 16-bit PNGs)."""
     rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
     cc = np.full(size, value, np.uint16)
     mlo = np.full(size, value // 2, np.uint16)
@@ -79,7 +82,7 @@ def make_sample(
         cc = rng.integers(0, 65536, size).astype(np.uint16)
         mlo = rng.integers(0, 65536, size).astype(np.uint16)
     meta = {
-        "schema": 1,
+        "schema": 1 if legacy else 2,
         "dataset": "vindr",
         "breast_id": key,
         "patient_id": "p" + key,
@@ -105,7 +108,14 @@ def make_sample(
             },
         },
     }
-    return {"__key__": key, "cc.png": png16(cc), "mlo.png": png16(mlo), "json": json.dumps(meta).encode()}
+    if legacy:
+        return {"__key__": key, "cc.png": png16(cc), "mlo.png": png16(mlo), "json": json.dumps(meta).encode()}
+    return {
+        "__key__": key,
+        "cc.u16.zst": encode_pixels(cc),
+        "mlo.u16.zst": encode_pixels(mlo),
+        "json": json.dumps(meta).encode(),
+    }
 
 
 def write_shards(folder: Path, split: str, counts: list[int], **sample_kwargs: Any) -> list[str]:
@@ -132,12 +142,14 @@ def keys_of(loader: Any) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def test_decode_keeps_16_bit_values() -> None:
-    sample = make_sample("a1")
+@pytest.mark.parametrize("legacy", [False, True], ids=["u16.zst", "png (schema 1)"])
+def test_decode_keeps_16_bit_values(legacy: bool) -> None:
+    sample = make_sample("a1", legacy=legacy)
+    name, encode = ("cc.png", png16) if legacy else ("cc.u16.zst", encode_pixels)
     cc = np.full((H, W), 1000, np.uint16)
     cc[2, 3] = 40000
     cc[5, 7] = 65535
-    sample["cc.png"] = png16(cc)
+    sample[name] = encode(cc)
     out = decoded(sample, DataConfig(image_size=(H, W)))
     assert out["images"].shape == (2, 1, H, W) and out["images"].dtype == np.float32
     assert out["images"][0, 0, 2, 3] == np.float32(40000 / 65535)
@@ -146,7 +158,7 @@ def test_decode_keeps_16_bit_values() -> None:
     assert out["images"][1, 0, 0, 0] == np.float32(500 / 65535)  # mlo
     # 40000 and 40001 stay distinguishable: an 8-bit squash would merge them
     cc[2, 4] = 40001
-    sample["cc.png"] = png16(cc)
+    sample[name] = encode(cc)
     out = decoded(sample, DataConfig(image_size=(H, W)))
     assert round(float(out["images"][0, 0, 2, 4]) * 65535) == 40001
 
@@ -181,11 +193,15 @@ def test_boxes_padded_truncated_and_masked() -> None:
     assert out["label"] == 1 and out["key"] == "b2"
 
 
-def test_stored_mask_wins_over_boxes() -> None:
-    sample = make_sample("c1", cc_boxes=[[0, 0, 4, 4]])
+@pytest.mark.parametrize("legacy", [False, True], ids=["u8.zst", "png (schema 1)"])
+def test_stored_mask_wins_over_boxes(legacy: bool) -> None:
+    sample = make_sample("c1", cc_boxes=[[0, 0, 4, 4]], legacy=legacy)
     stored = np.zeros((H, W), np.uint8)
     stored[7, 9] = 255
-    sample["cc_mask.png"] = png8(stored)
+    if legacy:
+        sample["cc_mask.png"] = png8(stored)
+    else:
+        sample["cc_mask.u8.zst"] = encode_pixels(stored)
     out = decoded(sample, DataConfig(image_size=(H, W)))
     assert out["masks"][0, 0].sum() == 1 and out["masks"][0, 0, 7, 9] == 1.0
     assert out["masks"][1, 0].sum() == 0  # mlo: no stored mask, no boxes
@@ -203,12 +219,21 @@ def test_resize_scales_boxes_and_masks() -> None:
 def test_decode_errors_name_the_sample() -> None:
     cfg = DataConfig(image_size=(H, W))
     sample = make_sample("e1")
-    del sample["mlo.png"]
-    with pytest.raises(ValueError, match=r"sample e1 in mem: view 'mlo' missing"):
+    del sample["mlo.u16.zst"]
+    missing = r"sample e1 in mem: view 'mlo' missing \(need one of \['mlo.u16.zst', 'mlo.png'\]"
+    with pytest.raises(ValueError, match=missing):
         decoded(sample, cfg)
     sample = make_sample("e2")
+    sample["cc.u16.zst"] = b"not a payload at all"
+    with pytest.raises(ValueError, match=r"sample e2 in mem cc.u16.zst: bad magic b'not '"):
+        decoded(sample, cfg)
+    sample = make_sample("e2", legacy=True)
     sample["cc.png"] = b"not a png"
     with pytest.raises(ValueError, match=r"sample e2 in mem cc.png: not a decodable PNG"):
+        decoded(sample, cfg)
+    sample = make_sample("e2")
+    sample["cc.u16.zst"] = sample["cc.u16.zst"][:-3]  # truncated frame
+    with pytest.raises(ValueError, match=r"sample e2 in mem cc.u16.zst: body"):
         decoded(sample, cfg)
     sample = make_sample("e3")
     meta = json.loads(sample["json"])
@@ -239,6 +264,41 @@ def test_collate_tokenises_each_view() -> None:
     mlo_ids = [vocab[t] for t in ["[CLS]", "projection", "position", ":", "lmlo", "[SEP]"]]
     assert batch["input_ids"][1, 1].tolist() == mlo_ids + [vocab["[PAD]"]] * 4
     assert batch["attention_mask"][1, 1].tolist() == [1] * 6 + [0] * 4
+
+
+def test_decode_batch_equals_collated_decoded_samples() -> None:
+    """Decoding straight into the batch rows gives the batch that stacking per-sample arrays gives."""
+    cfg = DataConfig(image_size=(H, W), max_text_len=10, max_rois=2)
+    with_mask = make_sample("g2", cc_boxes=[[0, 0, 4, 4]])
+    stored = np.zeros((H, W), np.uint8)
+    stored[3:6, 7:9] = 255
+    with_mask["cc_mask.u8.zst"] = encode_pixels(stored)
+    raw = [make_sample("g1", cc_boxes=[[1.5, 2.2, 4.0, 5.0]], mlo_boxes=[[0, 0, 3, 3], [5, 5, 9, 9], [1, 1, 2, 2]],
+                       noise=True), with_mask, make_sample("g3", legacy=True, mlo_boxes=[[2, 2, 6, 6]]),
+           make_sample("g4", size=(6, 8), cc_boxes=[[1, 1, 3, 2]])]  # fmt: skip
+    tokenizer = tiny_tokenizer()
+    direct = decode_batch([{**r, "__url__": "mem"} for r in raw], cfg, tokenizer)
+    stacked = collate_samples([decoded(r, cfg) for r in raw], cfg, tokenizer)
+    assert direct.keys() == stacked.keys()
+    for field in ("images", "masks", "boxes", "box_valid", "input_ids", "attention_mask", "label"):
+        assert direct[field].dtype == stacked[field].dtype and torch.equal(direct[field], stacked[field]), field
+    assert direct["keys"] == ["g1", "g2", "g3", "g4"] and direct["meta"] == stacked["meta"]
+    # the third mlo box lies inside the first: the mask is their union
+    assert direct["masks"][1, 0, 0].sum() == 6 and direct["masks"][0, 1, 0].sum() == 9 + 16
+
+
+def test_worker_batches_are_decoded_in_shared_memory(tmp_path: Path) -> None:
+    """DataLoader workers fill batches in fresh shared memory; masks drawn there start from zeros."""
+    write_shards(tmp_path, "train", [4, 4], cc_boxes=[[1, 2, 5, 6]])
+    cfg = DataConfig(train_shards=str(tmp_path), image_size=(H, W), loader_workers=2, shuffle_buffer=2, max_text_len=8)
+    batches = list(make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=1, micro_batch=2, seed=0))
+    assert len(batches) == 4
+    for batch in batches:
+        assert batch["images"].is_shared() and batch["masks"].is_shared()
+        assert (batch["images"][:, 0] == np.float32(1000 / 65535)).all()
+        assert (batch["images"][:, 1] == np.float32(500 / 65535)).all()
+        assert batch["masks"][:, 0].sum().item() == 2 * 16 and batch["masks"][:, 1].sum().item() == 0
+        assert batch["box_valid"].tolist() == [[[True, False, False, False], [False] * 4]] * 2
 
 
 # ---------------------------------------------------------------------------------------------- shards
@@ -382,6 +442,22 @@ def test_eval_stream_is_ordered_complete_and_keeps_last_batch(tmp_path: Path) ->
     assert keys[:3] == ["test2x0", "test2x1", "test2x2"] and len(keys) == 10
 
 
+def test_schema_1_png_shards_load_like_current_ones(tmp_path: Path) -> None:
+    """Shards built before the zstd payload (16-bit PNG members, schema 1) give the same batches."""
+    write_shards(tmp_path / "old", "test", [3, 2], legacy=True, cc_boxes=[[1, 2, 5, 6]])
+    write_shards(tmp_path / "new", "test", [3, 2], cc_boxes=[[1, 2, 5, 6]])
+    cfg = DataConfig(image_size=(H, W), max_text_len=8)
+    old = list(make_eval_loader(str(tmp_path / "old"), cfg, tiny_tokenizer(), batch_size=2))
+    new = list(make_eval_loader(str(tmp_path / "new"), cfg, tiny_tokenizer(), batch_size=2))
+    assert [b["keys"] for b in old] == [b["keys"] for b in new] == [["test0x0", "test0x1"], ["test0x2", "test1x0"],
+                                                                     ["test1x1"]]  # fmt: skip
+    for a, b in zip(old, new, strict=True):
+        for field in ("images", "masks", "boxes", "box_valid", "input_ids", "label"):
+            assert torch.equal(a[field], b[field]), field
+    assert old[0]["images"][0, 0, 0, 0, 0] == np.float32(1000 / 65535)
+    assert old[0]["masks"][0, 0, 0].sum() == 16 and [m["schema"] for m in old[0]["meta"]] == [1, 1]
+
+
 # ---------------------------------------------------------------------------------------------- S3
 
 
@@ -487,13 +563,14 @@ def test_reads_shards_written_by_the_shard_builder(tmp_path: Path) -> None:
 
 
 def _break_shards(folder: Path) -> None:
-    """train-000001.tar cut in the middle of a member; sample train2x1 of train-000002.tar gets a corrupt PNG."""
+    """train-000001.tar cut in the middle of a member; sample train2x1 of train-000002.tar gets a corrupt image."""
     truncated = folder / "train-000001.tar"
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) // 2 + 100])
     path = folder / "train-000002.tar"
     samples = [make_sample(f"train2x{i}", label=i % 2) for i in range(4)]
-    samples[1]["cc.png"] = samples[1]["cc.png"][:40] + b"garbage" * 10
+    image = next(name for name in samples[1] if name.startswith("cc.") and "mask" not in name)
+    samples[1][image] = samples[1][image][:40] + b"garbage" * 10
     with wds.TarWriter(str(path)) as sink:
         for sample in samples:
             sink.write(sample)

@@ -26,15 +26,9 @@ from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
 from mmclip_dist.data.build.records import UNUSED_IMAGE_REASONS, BreastRecord, Reject
 from mmclip_dist.data.build.reports import load_rewriter
-from mmclip_dist.data.build.sample_files import (
-    PNG_COMPRESS_LEVEL,
-    Sample,
-    SampleSpec,
-    breast_key,
-    make_sample,
-    patient_key,
-)
+from mmclip_dist.data.build.sample_files import Sample, SampleSpec, breast_key, make_sample, patient_key
 from mmclip_dist.data.build.shard_writer import ShardInfo, ShardSink, SplitWriter, load_resume, write_manifest
+from mmclip_dist.data.codecs import ZSTD_LEVEL
 from mmclip_dist.data.shard_format import MANIFEST, SCHEMA_VERSION
 from mmclip_dist.data.synthetic import TRUTH_FILE
 
@@ -113,7 +107,7 @@ def _fingerprint(cfg: ShardsConfig, salt: str, splits: dict[str, list[tuple[str,
         if k not in ("input", "output", "processes", "resume", "salt", "max_reject_fraction", "s3_endpoint")
     }
     digest = hmac.new(salt.encode(), digestmod=hashlib.sha256)
-    digest.update(json.dumps([SCHEMA_VERSION, PNG_COMPRESS_LEVEL, content], sort_keys=True).encode())
+    digest.update(json.dumps([SCHEMA_VERSION, ZSTD_LEVEL, content], sort_keys=True).encode())
     for split, items in sorted(splits.items()):
         for key, record in items:
             digest.update(json.dumps([split, key, dataclasses.asdict(record)], sort_keys=True, default=str).encode())

@@ -1,8 +1,8 @@
 """One ``BreastRecord`` → the files of one WebDataset sample (docs/architecture.md, docs/shards.md).
 
 Runs inside the builder's worker processes: decode both views (``dicom.decode_dicom``), load and
-match ROI masks, preprocess (``preprocess.preprocess_view``), write the report, encode uint16 PNGs and
-the whitelisted ``json``. Every failure becomes a :class:`Reject` whose text is scrubbed of raw ids
+match ROI masks, preprocess (``preprocess.preprocess_view``), write the report, encode the pixels
+(``codecs.encode_pixels``: ``<view>.u16.zst``, masks ``<view>_mask.u8.zst``) and the whitelisted ``json``. Every failure becomes a :class:`Reject` whose text is scrubbed of raw ids
 and paths, so a bad file never crashes the build and never leaks an identifier.
 """
 
@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import imagecodecs
 import numpy as np
 from PIL import Image
 
@@ -21,11 +20,8 @@ from mmclip_dist.data.build.dicom import DecodedImage, DicomDecodeError, decode_
 from mmclip_dist.data.build.preprocess import chest_wall_side, preprocess_view
 from mmclip_dist.data.build.records import BreastRecord, Reject, ViewRecord
 from mmclip_dist.data.build.reports import Finding, ReportRewriter, view_report
+from mmclip_dist.data.codecs import encode_pixels
 from mmclip_dist.data.shard_format import SCHEMA_VERSION, VIEWS, image_file, mask_file
-
-# zlib level of the PNGs: 1 is several times faster than the default 6 for a few % larger 16-bit images,
-# and encoding sits on the critical path of every build.
-PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -60,17 +56,6 @@ class _Rejected(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-def encode_png16(image: np.ndarray) -> bytes:
-    """uint16 [H, W] → 16-bit grayscale PNG bytes (deterministic; libpng via imagecodecs, ~3x Pillow's speed)."""
-    # bytes() of a bytes object is that object: no copy when imagecodecs already returns bytes.
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(image, dtype=np.uint16), level=PNG_COMPRESS_LEVEL))
-
-
-def encode_png8(image: np.ndarray) -> bytes:
-    """uint8 [H, W] → 8-bit grayscale PNG bytes."""
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(image, dtype=np.uint8), level=PNG_COMPRESS_LEVEL))
 
 
 def breast_key(record: BreastRecord, salt: str) -> str:
@@ -174,9 +159,9 @@ def _make_sample(record: BreastRecord, spec: SampleSpec) -> Sample:
             )
         # Every report (CSV text, template, rewriter output) passes the same layer before it is stored.
         report = cleaner.clean(report, f"{view.upper()} report")
-        files[image_file(view)] = encode_png16(out.image)
+        files[image_file(view)] = encode_pixels(np.asarray(out.image, dtype=np.uint16))
         if out.mask is not None:
-            files[mask_file(view)] = encode_png8((np.asarray(out.mask) > 0).astype(np.uint8) * 255)
+            files[mask_file(view)] = encode_pixels((np.asarray(out.mask) > 0).astype(np.uint8) * 255)
         views_json[view] = {
             "boxes": [[round(float(v), 3) for v in box] for box in out_boxes],
             "box_labels": list(labels),

@@ -1,13 +1,17 @@
 """WebDataset shards → collated training / evaluation batches (the "Batch" contract in docs/architecture.md).
 
 Training stream, per rank: ``make_train_loader`` gives each of the rank's DataLoader workers its own subset of
-shards (split by node, then by worker), resamples shards from that subset with an RNG seeded by (seed, epoch,
-rank, worker), shuffles raw samples in a buffer, and cuts batches of ``micro_batch``. Every rank yields exactly
-``epoch_samples // (world_size * micro_batch)`` batches per epoch: ranks that disagreed would leave one rank
+the run's ``ShardSet`` (resolved once on the driver; split by node, then by worker), resamples shards from that
+subset with an RNG seeded by (seed, epoch, rank, worker), shuffles raw samples in a buffer, and cuts batches of
+``micro_batch``. Every rank yields exactly ``epoch_samples // (world_size * micro_batch)`` batches per epoch: ranks that disagreed would leave one rank
 waiting forever in a collective op. Shuffling happens on the raw tar bytes and decoding afterwards, so
-``skip_batches`` (resume) only reads tar members and skips PNG decoding and tokenisation.
+``skip_batches`` (resume) only reads tar members and skips pixel decoding and tokenisation.
 
 Evaluation stream: shards in order, each sample exactly once, last partial batch kept.
+
+Per batch, ``decode_batch`` allocates the batch tensors once (in shared memory inside a DataLoader worker, so
+handing them to the trainer copies nothing) and decodes every sample's pixels straight into its row: at
+760x480 the per-breast cost is the pixel decode itself, not temporaries and copies (docs/benchmarks.md).
 
 Shards are read through ``storage.open_url``: on S3 a dropped connection resumes from its byte offset.
 """
@@ -18,21 +22,23 @@ import json
 import logging
 import math
 import random
-from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
-import imagecodecs
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from mmclip_dist.config import DataConfig
-from mmclip_dist.data.shard_format import MANIFEST, VIEWS, image_file, mask_file, sidecar_name
-from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
-from mmclip_dist.data.stream.shard_list import list_shards  # noqa: F401 - part of this module's API
+from mmclip_dist.data.codecs import decode_file, decode_pixels, payload_shape
+from mmclip_dist.data.shard_format import VIEWS, image_files, mask_files
+from mmclip_dist.data.storage import open_url
+from mmclip_dist.data.stream.shard_set import ShardSet, count_samples, list_shards, resolve_shard_set, share
+from mmclip_dist.data.stream.tar_reader import tar_members
+
+__all__ = ["ShardSet", "count_samples", "list_shards", "resolve_shard_set"]  # re-exported: listing lives there
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +47,46 @@ log = logging.getLogger(__name__)
 
 
 def iter_shard(url: str, endpoint: str | None = None) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard: ``{"__key__", "__url__", "cc.png": bytes, ...}`` (nothing decoded)."""
+    """Raw samples of one shard: ``{"__key__", "__url__", "cc.u16.zst": bytes, ...}`` (nothing decoded)."""
     with open_url(url, endpoint) as stream:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+        files = ({**f, "__url__": url} for f in tar_members(stream, url))
         yield from group_by_keys(files)
-
-
-def _manifest_counts(storage: Storage) -> dict[str, int]:
-    """``{shard name: samples}`` from the shard writer's ``manifest.json``; empty when there is none."""
-    if not storage.exists(MANIFEST):
-        return {}
-    manifest = json.loads(storage.get_bytes(MANIFEST))
-    return {entry["name"]: int(entry["samples"]) for entry in manifest.get("shards", [])}
-
-
-def count_samples(shards: Sequence[str], endpoint: str | None = None) -> int:
-    """Samples in ``shards``, from the shard writer's records: ``manifest.json`` (one read per folder), else
-    each shard's sidecar ``{split}-NNNNNN.json``, else by reading the tar headers (nothing decoded)."""
-    total = 0
-    manifests: dict[str, dict[str, int]] = {}
-    for url in shards:
-        parent, name = split_url(url)
-        storage = open_storage(parent, endpoint)
-        if parent not in manifests:
-            manifests[parent] = _manifest_counts(storage)
-        count = manifests[parent].get(name)
-        if count is None and storage.exists(sidecar_name(name)):
-            count = int(json.loads(storage.get_bytes(sidecar_name(name)))["samples"])
-        if count is None:
-            log.info("no manifest or sidecar for %s; counting its samples by reading it", url)
-            count = sum(1 for _ in iter_shard(url, endpoint))
-        total += count
-    return total
 
 
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def _decode_png(data: bytes, what: str) -> np.ndarray:
+def _member(sample: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` the sample has (a field's name differs between shard schema versions)."""
+    return next((name for name in names if name in sample), None)
+
+
+def _decode_pixels(sample: dict[str, Any], name: str, where: str) -> np.ndarray:
+    """A member's pixels; a payload decodes into this process's reusable buffer of its size (valid until the
+    next call), which saves a fresh allocation and its page faults per image."""
+    data = sample[name]
     try:
-        array = imagecodecs.png_decode(data)
-    except Exception as err:  # noqa: BLE001 - re-raised with the sample's name
-        raise ValueError(f"{what}: not a decodable PNG ({err})") from err
+        if name.endswith(".png"):
+            array = decode_file(name, data)
+        else:
+            h, w, dtype = payload_shape(data)
+            array = decode_pixels(data, _reusable((h, w), dtype))
+    except ValueError as err:
+        raise ValueError(f"{where} {name}: {err}") from err
     if array.ndim != 2:
-        raise ValueError(f"{what}: expected a single-channel image, got shape {array.shape}")
+        raise ValueError(f"{where} {name}: expected a single-channel image, got shape {array.shape}")
     return array
+
+
+_BUFFERS: dict[tuple[tuple[int, int], np.dtype], np.ndarray] = {}
+
+
+def _reusable(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    # One per (shape, dtype) and process: a DataLoader worker is one process decoding one image at a time.
+    key = (shape, dtype)
+    if key not in _BUFFERS:
+        _BUFFERS[key] = np.empty(shape, dtype)
+    return _BUFFERS[key]
 
 
 def _boxes_of(view: dict[str, Any], what: str) -> np.ndarray:
@@ -99,9 +100,10 @@ def _boxes_of(view: dict[str, Any], what: str) -> np.ndarray:
     return boxes
 
 
-def masks_from_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [H, W] mask, 1 on every pixel a box overlaps: columns floor(x1)..ceil(x2)-1, same for rows."""
-    mask = np.zeros((height, width), np.uint8)
+def masks_from_boxes(boxes: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """[H, W] mask, 1 on every pixel a box overlaps: columns floor(x1)..ceil(x2)-1, same for rows (uint8, or
+    drawn into ``out``, which must be all zeros)."""
+    mask = np.zeros((height, width), np.uint8) if out is None else out
     for x1, y1, x2, y2 in boxes:
         c0, c1 = max(0, math.floor(x1)), min(width, math.ceil(x2))
         r0, r1 = max(0, math.floor(y1)), min(height, math.ceil(y2))
@@ -119,9 +121,27 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarr
     return out[0, 0].numpy()
 
 
-def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
+_SAMPLE_ARRAYS = ("images", "masks", "boxes", "box_valid")
+
+
+def _sample_shapes(cfg: DataConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    height, width = cfg.image_size
+    views = len(VIEWS)
+    return {
+        "images": ((views, 1, height, width), torch.float32),
+        "masks": ((views, 1, height, width), torch.float32),
+        "boxes": ((views, cfg.max_rois, 4), torch.float32),
+        "box_valid": ((views, cfg.max_rois), torch.bool),
+    }
+
+
+def decode_sample(sample: dict[str, Any], cfg: DataConfig, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Tar members of one breast → ``images``/``masks`` float32 [2, 1, H, W], ``boxes`` float32 [2, R, 4],
-    ``box_valid`` bool [2, R], ``reports`` [cc, mlo], ``label``, ``key`` and the parsed ``meta`` JSON."""
+    ``box_valid`` bool [2, R], ``reports`` [cc, mlo], ``label``, ``key`` and the parsed ``meta`` JSON.
+
+    ``out`` (zero-filled arrays of those shapes, e.g. one row of a fresh batch) receives the arrays instead of
+    new ones: the pixels are written once, where the batch needs them, and a mask drawn from boxes touches
+    only the boxes' memory (fresh zeroed pages cost nothing until written)."""
     key = sample.get("__key__", "?")
     where = f"sample {key} in {sample.get('__url__', '?')}"
     if "json" not in sample:
@@ -132,46 +152,51 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         raise ValueError(f"{where}: invalid json member ({err})") from err
     height, width = cfg.image_size
     rois = cfg.max_rois
-    images = np.zeros((2, 1, height, width), np.float32)
-    masks = np.zeros((2, 1, height, width), np.float32)
-    boxes_out = np.zeros((2, rois, 4), np.float32)
-    valid = np.zeros((2, rois), bool)
+    if out is None:
+        out = {name: _batch_tensor(shape, dtype).numpy() for name, (shape, dtype) in _sample_shapes(cfg).items()}
+    images, masks, boxes_out, valid = (out[name] for name in _SAMPLE_ARRAYS)
     reports: list[str] = []
     for v, name in enumerate(VIEWS):
         view = meta.get("views", {}).get(name)
-        if view is None or image_file(name) not in sample:
-            raise ValueError(f"{where}: view {name!r} missing (need '{name}.png' and json views.{name})")
-        raw = _decode_png(sample[image_file(name)], f"{where} {image_file(name)}")
+        image_name = _member(sample, image_files(name))
+        if view is None or image_name is None:
+            raise ValueError(
+                f"{where}: view {name!r} missing (need one of {list(image_files(name))} and json views.{name})"
+            )
+        raw = _decode_pixels(sample, image_name, where)
         # Scale by the stored dtype's full range so 16-bit intensities keep their resolution.
         if raw.dtype == np.uint16:
-            image = raw.astype(np.float32) / 65535.0
+            scale = np.float32(65535)
         elif raw.dtype == np.uint8:
-            image = raw.astype(np.float32) / 255.0
+            scale = np.float32(255)
         else:
-            raise ValueError(f"{where} {name}.png: unsupported pixel type {raw.dtype}")
-        stored_h, stored_w = image.shape
+            raise ValueError(f"{where} {image_name}: unsupported pixel type {raw.dtype}")
+        stored_h, stored_w = raw.shape
         boxes = _boxes_of(view, f"{where} views.{name}")
         if (stored_h, stored_w) != (height, width):
-            image = np.clip(_resize(image, (height, width), nearest=False), 0.0, 1.0)
+            image = np.clip(_resize(raw / scale, (height, width), nearest=False), 0.0, 1.0)
+            images[v, 0] = image
             boxes = boxes * np.array([width / stored_w, height / stored_h] * 2, np.float32)
+        else:
+            np.divide(raw, scale, out=images[v, 0])  # the same float32 values as astype + divide, no temporaries
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-area boxes carry no region
         boxes = boxes[keep]
 
-        mask_name = mask_file(name)
-        if mask_name in sample:
-            mask = (_decode_png(sample[mask_name], f"{where} {mask_name}") > 0).astype(np.float32)
-            if mask.shape != (stored_h, stored_w):
-                raise ValueError(f"{where}: {mask_name} is {mask.shape}, {name}.png is {(stored_h, stored_w)}")
-            if mask.shape != (height, width):
-                mask = _resize(mask, (height, width), nearest=True)
+        mask_name = _member(sample, mask_files(name))
+        if mask_name is not None:
+            stored = _decode_pixels(sample, mask_name, where)
+            if stored.shape != (stored_h, stored_w):
+                raise ValueError(f"{where}: {mask_name} is {stored.shape}, {image_name} is {(stored_h, stored_w)}")
+            if stored.shape != (height, width):
+                masks[v, 0] = _resize((stored > 0).astype(np.float32), (height, width), nearest=True)
+            else:
+                np.greater(stored, 0, out=masks[v, 0])
         else:
-            mask = masks_from_boxes(boxes, height, width).astype(np.float32)
+            masks_from_boxes(boxes, height, width, out=masks[v, 0])
 
         n = min(len(boxes), rois)
-        images[v, 0] = image
-        masks[v, 0] = mask
         boxes_out[v, :n] = boxes[:n]
         valid[v, :n] = True
         report = view.get("report")
@@ -181,10 +206,7 @@ def decode_sample(sample: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
     label = meta.get("label", {}).get("malignant", -1)
     return {
         "key": key,
-        "images": images,
-        "masks": masks,
-        "boxes": boxes_out,
-        "box_valid": valid,
+        **out,
         "reports": reports,
         "label": int(label),
         "meta": meta,
@@ -247,26 +269,83 @@ def tolerant_shard(url: str, endpoint: str | None, skips: SkipCounter) -> Genera
     return True
 
 
-def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
-    """Decoded samples → the batch dict (tensors stacked, both views' reports tokenised in one call)."""
-    if not samples:
-        raise ValueError("cannot collate an empty list of samples")
+def _tokenise(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Both views' reports of every sample in one tokenizer call → ``input_ids`` / ``attention_mask`` [B, 2, L]."""
     texts = [report for sample in samples for report in sample["reports"]]  # [cc0, mlo0, cc1, mlo1, ...]
-    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
-    batch = len(samples)
+    tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="np")
+    shape = (len(samples), len(VIEWS), -1)
     return {
-        "images": torch.from_numpy(np.stack([s["images"] for s in samples])),
-        "masks": torch.from_numpy(np.stack([s["masks"] for s in samples])),
-        "boxes": torch.from_numpy(np.stack([s["boxes"] for s in samples])),
-        "box_valid": torch.from_numpy(np.stack([s["box_valid"] for s in samples])),
-        "input_ids": tokens["input_ids"].long().view(batch, len(VIEWS), -1),
-        "attention_mask": tokens["attention_mask"].long().view(batch, len(VIEWS), -1),
+        "input_ids": torch.from_numpy(tokens["input_ids"].astype(np.int64, copy=False)).view(shape),
+        "attention_mask": torch.from_numpy(tokens["attention_mask"].astype(np.int64, copy=False)).view(shape),
+    }
+
+
+def _batch_fields(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
+    return {
+        **_tokenise(samples, cfg, tokenizer),
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
         "keys": [s["key"] for s in samples],
         # Parsed shard json of each breast (density, birads, box_labels, patient_id, ...): downstream
         # tasks read their labels from it (mmclip_dist.eval.tasks); the model ignores it.
         "meta": [s["meta"] for s in samples],
     }
+
+
+def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: Any) -> dict[str, Any]:
+    """Decoded samples → the batch dict (tensors stacked, both views' reports tokenised in one call)."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    stacked = {name: torch.from_numpy(np.stack([s[name] for s in samples])) for name in _SAMPLE_ARRAYS}
+    return {**stacked, **_batch_fields(samples, cfg, tokenizer)}
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled tensor whose pages are mapped lazily (calloc'd / fresh shared memory, not a memset)."""
+    if get_worker_info() is None:
+        return torch.from_numpy(np.zeros(shape, torch.empty(0, dtype=dtype).numpy().dtype))
+    # In a DataLoader worker, allocate the batch in shared memory (as default_collate does): sending it to
+    # the trainer process then costs no copy. New shared memory is zero-filled (ftruncate).
+    template = torch.empty(0, dtype=dtype)
+    storage = template._typed_storage()._new_shared(math.prod(shape), device=template.device)
+    return template.new(storage).view(shape)
+
+
+def decode_batch(
+    raw: list[dict[str, Any]],
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    skips: SkipCounter | None = None,
+    refill: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """Raw samples → the batch dict; same result as ``collate_samples([decode_sample(s) ...])``, but each
+    sample's pixels are decoded straight into its row of the batch tensors.
+
+    With ``skips``, a sample that cannot be decoded is counted there instead of raising, and its row goes to
+    the next sample: ``refill()`` (training) supplies one so the batch stays full; without it the batch is
+    shorter (evaluation), or None when nothing in it could be decoded.
+    """
+    if not raw:
+        raise ValueError("cannot collate an empty list of samples")
+    tensors = {name: _batch_tensor((len(raw), *shape), dtype) for name, (shape, dtype) in _sample_shapes(cfg).items()}
+    rows = [{name: tensor[i].numpy() for name, tensor in tensors.items()} for i in range(len(raw))]
+    todo = list(raw)
+    samples: list[dict[str, Any]] = []
+    while todo:
+        sample = todo.pop(0)
+        try:
+            samples.append(decode_sample(sample, cfg, out=rows[len(samples)]))
+        except Exception as err:
+            if skips is None:
+                raise
+            skips.skip(str(sample.get("__url__", "?")), f"sample {sample.get('__key__', '?')}", err)
+            if refill is not None:
+                todo.append(refill())
+    if not samples:
+        return None
+    if len(samples) < len(raw):
+        tensors = {name: tensor[: len(samples)] for name, tensor in tensors.items()}
+    return {**tensors, **_batch_fields(samples, cfg, tokenizer)}
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -319,34 +398,29 @@ def _resampled(
                 raise ValueError(f"every shard of this reader is empty: {shards}")
 
 
-def _share(total: int, parts: int, index: int) -> int:
-    """Items ``index`` gets when ``total`` are dealt round-robin to ``parts`` (index < total % parts get one more)."""
-    return max(0, (total - index + parts - 1) // parts)
-
-
-@dataclass(frozen=True)
-class _RankPlan:
-    """Where one rank's stream stands: its place in the world, batch size, seed/epoch, batches to make and skip."""
-
-    rank: int
-    world_size: int
-    micro_batch: int
-    seed: int
-    epoch: int
-    num_batches: int
-    skip_batches: int
-
-
 class _TrainStream(IterableDataset):
     """One rank's stream; each DataLoader worker yields its round-robin share of the rank's batches."""
 
-    def __init__(self, shards: list[str], cfg: DataConfig, tokenizer: Any, plan: _RankPlan) -> None:
-        self.shards = shards
+    def __init__(
+        self,
+        shard_set: ShardSet,
+        cfg: DataConfig,
+        tokenizer: Any,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch: int,
+        seed: int,
+        epoch: int,
+        num_batches: int,
+        skip_batches: int,
+    ) -> None:
+        self.shard_set = shard_set
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.rank, self.world_size = plan.rank, plan.world_size
-        self.micro_batch, self.seed, self.epoch = plan.micro_batch, plan.seed, plan.epoch
-        self.num_batches, self.skip_batches = plan.num_batches, plan.skip_batches
+        self.rank, self.world_size = rank, world_size
+        self.micro_batch, self.seed, self.epoch = micro_batch, seed, epoch
+        self.num_batches, self.skip_batches = num_batches, skip_batches
         self.readers = max(1, cfg.loader_workers)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -358,29 +432,25 @@ class _TrainStream(IterableDataset):
         # epoch belongs to reader "role" b % readers, so after skipping s batches worker w plays role
         # (w + s) % readers: the full-epoch stream and a resumed one then agree batch for batch.
         role = (worker + self.skip_batches) % self.readers
-        if self.cfg.split_by_node:
-            reader = self.rank * self.readers + role
-            shards = self.shards[reader :: self.world_size * self.readers]
-        else:
-            shards = self.shards
+        shards = self.shard_set.for_reader(
+            rank=self.rank, world_size=self.world_size, readers=self.readers, role=role,
+            split_by_node=self.cfg.split_by_node,
+        )  # fmt: skip
         # A string seed goes through SHA-512 in random.seed: stable across processes and Python runs.
         rng = random.Random(f"mmclip-train:{self.seed}:{self.epoch}:{self.rank}:{role}")
-        mine = _share(self.num_batches, self.readers, role)
-        skip = min(mine, _share(self.skip_batches, self.readers, role))
+        mine = share(self.num_batches, self.readers, role)
+        skip = min(mine, share(self.skip_batches, self.readers, role))
         if skip == mine:
             return
         skips = SkipCounter()
-        samples = _shuffle(_resampled(shards, rng, self.cfg.s3_endpoint, skips), self.cfg.shuffle_buffer, rng)
+        samples = _shuffle(_resampled(list(shards.urls), rng, shards.endpoint, skips), self.cfg.shuffle_buffer, rng)
         for index in range(mine):
             raw = [next(samples) for _ in range(self.micro_batch)]
             if index < skip:
                 continue  # consumed but not decoded: resuming costs tar reads only
-            decoded = [d for d in (decode_or_skip(s, self.cfg, skips) for s in raw) if d is not None]
-            while len(decoded) < self.micro_batch:  # a skipped sample is replaced by the stream's next one
-                replacement = decode_or_skip(next(samples), self.cfg, skips)
-                if replacement is not None:
-                    decoded.append(replacement)
-            batch = collate_samples(decoded, self.cfg, self.tokenizer)
+            # A sample that cannot be decoded is skipped (counted) and replaced by the stream's next one.
+            batch = decode_batch(raw, self.cfg, self.tokenizer, skips=skips, refill=lambda: next(samples))
+            assert batch is not None  # refilled: always full
             batch["skipped_samples"] = skips.take()  # summed over ranks and logged by the training loop
             yield batch
 
@@ -416,36 +486,36 @@ def make_train_loader(
     seed: int,
     epoch: int = 0,
     skip_batches: int = 0,
-    shards: list[str] | None = None,
-    total_samples: int | None = None,
+    shard_set: ShardSet | None = None,
 ) -> TrainLoader:
-    """This rank's batches of one epoch; every rank gets the same number. ``shards`` / ``total_samples``
-    skip the listing / counting when the caller already has them (e.g. computed once on the driver)."""
+    """This rank's batches of one epoch; every rank gets the same number. ``shard_set``: the training shards
+    resolved once on the driver (``train_shard_set``); without it they are listed and counted here."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
-    split = cfg.train_split if "{" not in cfg.train_shards and not cfg.train_shards.endswith(".tar") else None
-    shards = shards if shards is not None else list_shards(cfg.train_shards, cfg.s3_endpoint, split)
+    shard_set = shard_set if shard_set is not None else train_shard_set(cfg)
     readers = max(1, cfg.loader_workers)
-    if cfg.split_by_node and len(shards) < world_size * readers:
-        raise ValueError(
-            f"{len(shards)} training shard(s) at {cfg.train_shards!r} but world_size x data.loader_workers = "
-            f"{world_size} x {readers} = {world_size * readers} readers each need their own shard; "
-            "write smaller shards (shards.shard_max_samples), use fewer loader workers, "
-            "or set data.split_by_node=false"
-        )
-    if cfg.epoch_samples:
-        total = cfg.epoch_samples
-    else:
-        total = total_samples if total_samples is not None else count_samples(shards, cfg.s3_endpoint)
+    if cfg.split_by_node:
+        shard_set.check_split(world_size, readers)
+    total = cfg.epoch_samples or shard_set.total
     num_batches = total // (world_size * micro_batch)
     if num_batches == 0:
         raise ValueError(
             f"{total} samples per epoch cannot fill one batch of {micro_batch} on each of {world_size} ranks"
         )
-    plan = _RankPlan(rank, world_size, micro_batch, seed, epoch, num_batches, min(skip_batches, num_batches))
-    dataset = _TrainStream(shards, cfg, tokenizer, plan)
+    dataset = _TrainStream(
+        shard_set,
+        cfg,
+        tokenizer,
+        rank=rank,
+        world_size=world_size,
+        micro_batch=micro_batch,
+        seed=seed,
+        epoch=epoch,
+        num_batches=num_batches,
+        skip_batches=min(skip_batches, num_batches),
+    )
     dataloader = DataLoader(
         dataset,
         batch_size=None,  # the stream batches itself, so batch b comes from worker b % workers
@@ -463,35 +533,49 @@ def make_train_loader(
 class EvalLoader:
     """Every sample of ``shards`` exactly once, in shard order, in batches of ``batch_size``."""
 
-    def __init__(self, shards: list[str], cfg: DataConfig, tokenizer: Any, batch_size: int) -> None:
+    def __init__(
+        self, shards: list[str], cfg: DataConfig, tokenizer: Any, batch_size: int, endpoint: str | None = None
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.shards, self.cfg, self.tokenizer, self.batch_size = shards, cfg, tokenizer, batch_size
+        self.endpoint = endpoint or cfg.s3_endpoint
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pending: list[dict[str, Any]] = []
         self.skips = SkipCounter()  # what this pass could not read or decode (logged once per shard)
         for url in self.shards:
-            for sample in tolerant_shard(url, self.cfg.s3_endpoint, self.skips):
-                decoded = decode_or_skip(sample, self.cfg, self.skips)
-                if decoded is None:
-                    continue
-                pending.append(decoded)
+            for sample in tolerant_shard(url, self.endpoint, self.skips):
+                pending.append(sample)
                 if len(pending) == self.batch_size:
-                    yield collate_samples(pending, self.cfg, self.tokenizer)
+                    batch = decode_batch(pending, self.cfg, self.tokenizer, skips=self.skips)
+                    if batch is not None:
+                        yield batch
                     pending = []
         if pending:
-            yield collate_samples(pending, self.cfg, self.tokenizer)
+            batch = decode_batch(pending, self.cfg, self.tokenizer, skips=self.skips)
+            if batch is not None:
+                yield batch
 
 
 def make_eval_loader(
-    url_or_shards: str | Sequence[str], cfg: DataConfig, tokenizer: Any, batch_size: int
+    url_or_shards: str | Sequence[str] | ShardSet, cfg: DataConfig, tokenizer: Any, batch_size: int
 ) -> Iterable[dict[str, Any]]:
     """Deterministic single pass; a folder / S3 prefix is read for ``cfg.eval_split`` shards."""
+    if isinstance(url_or_shards, ShardSet):
+        return EvalLoader(list(url_or_shards.urls), cfg, tokenizer, batch_size, url_or_shards.endpoint)
     if isinstance(url_or_shards, str):
-        url = url_or_shards
-        split = cfg.eval_split if "{" not in url and not url.endswith(".tar") else None
-        shards = list_shards(url, cfg.s3_endpoint, split)
+        shards = list_shards(url_or_shards, cfg.s3_endpoint, cfg.eval_split)
     else:
         shards = list(url_or_shards)
     return EvalLoader(shards, cfg, tokenizer, batch_size)
+
+
+def train_shard_set(cfg: DataConfig) -> ShardSet:
+    """``data.train_shards`` listed and counted (the driver calls this once per run)."""
+    return resolve_shard_set(cfg.train_shards, cfg.s3_endpoint, cfg.train_split)
+
+
+def eval_shard_set(cfg: DataConfig, url: str | None = None) -> ShardSet:
+    """``url`` (default ``data.eval_shards``) listed and counted for ``data.eval_split``."""
+    return resolve_shard_set(url or cfg.eval_shards, cfg.s3_endpoint, cfg.eval_split)
