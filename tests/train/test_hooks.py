@@ -52,3 +52,22 @@ def test_worker_env_forwards_only_the_hook_variables_that_are_set(monkeypatch: p
     env = worker_env(use_gpu=False)
     assert env[PID_DIR_ENV] == "/tmp/pids" and env["DS_ACCELERATOR"] == "cpu"
     assert STOP_AFTER_ENV not in env and STEP_SLEEP_ENV not in env
+
+
+def test_to_device_casts_only_images_and_masks() -> None:
+    import torch
+
+    from mmclip_dist.train.loop import _to_device
+
+    batch = {
+        "images": torch.rand(1, 2, 1, 4, 4),
+        "masks": torch.zeros(1, 2, 1, 4, 4),
+        "boxes": torch.tensor([[[[1.0, 2.0, 701.0, 3.0]]] * 2]),
+        "box_valid": torch.ones(1, 2, 1, dtype=torch.bool),
+        "input_ids": torch.ones(1, 2, 3, dtype=torch.long),
+        "keys": ["k"],
+    }
+    out = _to_device(batch, torch.device("cpu"), torch.bfloat16)
+    assert out["images"].dtype == out["masks"].dtype == torch.bfloat16
+    assert out["boxes"].dtype == torch.float32 and float(out["boxes"][0, 0, 0, 2]) == 701.0  # bf16 would say 700
+    assert out["box_valid"].dtype == torch.bool and out["input_ids"].dtype == torch.long and out["keys"] == ["k"]
