@@ -32,6 +32,7 @@ class CheckResult:
     fix: str = ""
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False  # not run because a check it depends on failed (that one carries the line)
 
     def line(self) -> str:
         """The one line a failure prints: what failed and how to fix it."""
@@ -267,7 +268,7 @@ def check_device_step(cfg: Config, sample: dict[str, Any] | None = None) -> Chec
             peak = _peak_rss_bytes()
             what = f"peak RSS {peak / 2**30:.2f} GiB (+{max(peak - before, 0) / 2**20:.0f} MiB in the step)"
         step_s = time.perf_counter() - started
-        loss = float(terms["loss"])
+        loss = float(terms["loss"].detach())
         if not torch.isfinite(terms["loss"]):
             raise FloatingPointError(f"the loss of the probe step is {loss}")
         params = sum(p.numel() for p in model.parameters())
@@ -342,7 +343,7 @@ def run_preflight(
     text = check_text_encoder(cfg)
     results += [shards, text, check_storage(cfg), check_mlflow(cfg)]
     if not text.ok:
-        results.append(CheckResult("device step", False, "skipped: the text encoder does not load", text.fix))
+        results.append(CheckResult("device step", False, "skipped: the text encoder does not load", skipped=True))
     elif on_workers:
         results += check_device_step_on_workers(cfg, sample)
     else:
@@ -350,11 +351,16 @@ def run_preflight(
     return results
 
 
+def failures(results: list[CheckResult]) -> list[CheckResult]:
+    """The results that failed (skipped ones are not failures of their own)."""
+    return [r for r in results if not r.ok and not r.skipped]
+
+
 def format_table(results: list[CheckResult]) -> str:
     """The results as an aligned text table (check, status, seconds, what was found)."""
     width = max(len(r.name) for r in results)
     rows = [f"{'check':<{width}}  status  seconds  result", "-" * (width + 30)]
     for r in results:
-        status = "ok" if r.ok else "FAILED"
+        status = "ok" if r.ok else "skip" if r.skipped else "FAILED"
         rows.append(f"{r.name:<{width}}  {status:<6}  {r.seconds:7.1f}  {r.message}")
     return "\n".join(rows)

@@ -30,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
             cfg = None  # the config check below reports it as its one line
         if cfg is not None:
             connect_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
-    from mmclip_dist.preflight import format_table, run_preflight
+    from mmclip_dist.preflight import failures, format_table, run_preflight
 
     results = run_preflight(args.config, args.overrides, on_workers=args.on_workers)
     print(format_table(results), flush=True)
-    failed = [r for r in results if not r.ok]
+    failed = failures(results)
     for result in failed:
         print(result.line(), flush=True)
     if failed:
