@@ -39,14 +39,17 @@ class CheckResult:
         return f"preflight FAILED [{self.name}]: {self.message}" + (f" -- fix: {self.fix}" if self.fix else "")
 
 
-def _timed(name: str, fix: str, fn: Callable[[], tuple[str, dict[str, Any]]]) -> CheckResult:
-    """Run ``fn() -> (message, details)``; any exception becomes a failed result carrying ``fix``."""
+def _timed(name: str, fix: str, fn: Callable[[], tuple[str, dict[str, Any]]], subject: str = "") -> CheckResult:
+    """Run ``fn() -> (message, details)``; any exception becomes a failed result carrying ``fix``, its
+    message prefixed with ``subject`` (the URI / path checked) when the error may not name it."""
     started = time.perf_counter()
     try:
         message, details = fn()
         return CheckResult(name, True, message, "", time.perf_counter() - started, details)
     except Exception as err:  # noqa: BLE001 - a check reports every failure as a result, never raises
         text = " ".join(f"{type(err).__name__}: {err}".split())
+        if subject and subject not in text:
+            text = f"{subject}: {text}"
         return CheckResult(name, False, text[:400], fix, time.perf_counter() - started)
 
 
@@ -101,6 +104,7 @@ def check_shards(cfg: Config) -> CheckResult:
         "build them (mmclip-dist shards build) or point data.train_shards at the folder / s3:// prefix holding "
         "{split}-NNNNNN.tar (data.s3_endpoint and S3 credentials for s3://)",
         run,
+        cfg.data.train_shards,
     )
 
 
@@ -126,6 +130,7 @@ def check_text_encoder(cfg: Config) -> CheckResult:
         "set model.text_encoder (and model.tokenizer) to a local folder, or pre-download the hub model into "
         "HF_HOME (huggingface-cli download NAME) on every node",
         run,
+        cfg.model.text_encoder,
     )
 
 
@@ -150,6 +155,7 @@ def check_storage(cfg: Config) -> CheckResult:
         "make train.storage_path writable (local: permissions / mount; s3://: bucket, credentials, "
         "train.storage_endpoint)",
         run,
+        cfg.train.storage_path,
     )
 
 
@@ -175,6 +181,7 @@ def check_mlflow(cfg: Config, timeout_s: float = 5.0) -> CheckResult:
         "mlflow",
         "start the MLflow server or set tracking.tracking_uri / MLFLOW_TRACKING_URI to a reachable one",
         run,
+        uri,
     )
 
 
