@@ -72,14 +72,13 @@ else
   CPUS=$(( ($(nproc) - 2) / NGPU )); CPUS=$(( CPUS < 1 ? 1 : CPUS > 8 ? 8 : CPUS ))
   LOADERS=$(( CPUS > 1 ? CPUS - 1 : 1 ))
   # The preset as is (bf16, ZeRO-1, EfficientNet-B2 760x480, micro-batch 8, loss, optimiser) except: random
-  # init (no hub), a random BERT-base (Bio_ClinicalBERT's shape) built locally, 2 micro-batches per GPU per
+  # init (below: no hub), a random BERT-base (Bio_ClinicalBERT's shape) built locally, 2 micro-batches per GPU per
   # step (global batch 16 per GPU; the feature cache path), steps and data reduced.
   OVERRIDES=(
     synthetic.num_patients=$(( 120 * NGPU )) synthetic.height=1520 synthetic.width=960
     synthetic.text_hidden=768 synthetic.text_layers=12
     shards.shard_max_samples=12 shards.processes=$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))
     data.loader_workers=$LOADERS data.shuffle_buffer=64 data.epoch_samples=0
-    model.backbone_weights=
     train.use_gpu=true train.cpus_per_worker=$CPUS train.micro_batch=8 "train.global_batch=$(( 16 * NGPU ))"
     eval.batch_size=16 eval.bootstrap=200
   )
@@ -89,7 +88,7 @@ OVERRIDES+=(
   "shards.image_size=$SIZE" "data.image_size=$SIZE"
   shards.input=$WORK/vindr shards.output=$WORK/shards shards.salt=gpu-run
   data.train_shards=$WORK/shards data.eval_shards=$WORK/shards
-  model.text_encoder=$WORK/text_encoder model.tokenizer=
+  model.text_encoder=$WORK/text_encoder model.tokenizer= model.backbone_weights=
   train.num_workers=$WORKERS train.max_steps=$STEPS train.warmup_steps=$(( STEPS < 5 ? 1 : 5 ))
   train.checkpoint_every=0 train.keep_checkpoints=1 train.max_failures=0
   train.storage_path=$WORK/runs train.export_dir=$WORK/model train.run_name=gpu-run

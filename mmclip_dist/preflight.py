@@ -136,10 +136,13 @@ def check_text_encoder(cfg: Config) -> CheckResult:
 
 def check_storage(cfg: Config) -> CheckResult:
     """``train.storage_path`` (local folder or s3://) accepts a write, a read back and a delete."""
-    from mmclip_dist.data.storage import open_storage
+    from mmclip_dist.data.storage import RetryPolicy, open_storage
 
     def run() -> tuple[str, dict[str, Any]]:
         storage = open_storage(cfg.train.storage_path, cfg.train.storage_endpoint)
+        if hasattr(storage, "retry"):
+            # Training rides out a 3-minute S3 outage; a preflight reports an unreachable endpoint quickly.
+            storage.retry = RetryPolicy(deadline_s=15.0)
         name = f".preflight-{uuid.uuid4().hex}"
         payload = b"mmclip-dist preflight probe"
         storage.put_bytes(payload, name)
@@ -292,8 +295,9 @@ def check_device_step(cfg: Config, sample: dict[str, Any] | None = None) -> Chec
 
     return _timed(
         "device step",
-        "lower train.micro_batch (the global batch is kept by accumulation) or data.image_size, or check the "
-        "device/precision settings (train.use_gpu, train.precision)",
+        "out of memory: lower train.micro_batch (the global batch is kept by accumulation) or data.image_size; "
+        "weights not found offline: model.backbone_weights ('' or a local file); else check train.use_gpu and "
+        "train.precision",
         run,
     )
 

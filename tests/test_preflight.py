@@ -101,6 +101,7 @@ def test_storage_check_writes_to_s3_and_names_a_missing_bucket(
     s3_server: LocalS3Server,  # noqa: F811
     s3_prefix: str,  # noqa: F811
     s3_env: dict[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ok = check_storage(load_config(DEBUG_CONFIG, [f"train.storage_path={s3_prefix}/runs"]))
     assert ok.ok, ok.line()
@@ -110,8 +111,10 @@ def test_storage_check_writes_to_s3_and_names_a_missing_bucket(
         .get("KeyCount", 0)
         == 0
     ), "the probe object was deleted"
-    bad = check_storage(load_config(DEBUG_CONFIG, ["train.storage_path=s3://no-such-bucket-preflight/runs"]))
-    assert not bad.ok and "no-such-bucket-preflight" in bad.line() and "train.storage_path" in bad.line()
+    # SeaweedFS creates missing buckets on write, so the broken S3 input is a wrong secret key (403, not retried).
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    bad = check_storage(load_config(DEBUG_CONFIG, [f"train.storage_path={s3_prefix}/runs"]))
+    assert not bad.ok and s3_prefix in bad.line() and "train.storage_path" in bad.line(), bad.line()
 
 
 def test_unreachable_mlflow_fails_within_the_timeout() -> None:
@@ -124,3 +127,16 @@ def test_invalid_config_is_one_failure_and_nothing_else(tmp_path: Path) -> None:
     results = run_preflight(str(DEBUG_CONFIG), ["train.no_such_key=1"])
     assert [r.name for r in results] == ["config"] and failures(results) == results
     assert "no_such_key" in results[0].line()
+
+
+@pytest.mark.timeout(600)
+def test_on_workers_runs_the_device_step_in_every_ray_worker(assets: TrainAssets, tmp_path: Path) -> None:
+    from mmclip_devtools.local_ray import LocalRayCluster
+
+    with LocalRayCluster(cpus_per_node=(1, 1), start_timeout_s=120) as cluster:
+        done = _preflight(["--on-workers", *_overrides(assets, tmp_path)], cluster.env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("device step (worker")]
+    assert len(rows) == 2 and all(" ok " in row for row in rows), done.stdout
+    nodes = {row.split("node ")[1].split(")")[0] for row in rows}
+    assert len(nodes) == 2, "one worker per node of the 2-node cluster (1 CPU each)"

@@ -24,7 +24,7 @@ from mmclip_dist.train.state import STATE_FILE
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_checkpoints_resumes_and_exports(
     stage: int, train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
@@ -43,14 +43,14 @@ def test_zero_stage_checkpoints_resumes_and_exports(
     straight = tiny_config(
         train_assets, tmp_path, [*common, "train.run_name=straight", f"train.export_dir={tmp_path / 's'}"]
     )
-    run_train(straight, tmp_path, env, name="straight", timeout=400)
+    run_train(straight, tmp_path, env, name="straight", timeout=600)
     resumed = tiny_config(
         train_assets, tmp_path, [*common, "train.run_name=resumed", f"train.export_dir={tmp_path / 'r'}"]
     )
-    run_train(resumed, tmp_path, {**env, STOP_AFTER_ENV: str(cut)}, name="cut", timeout=400)
+    run_train(resumed, tmp_path, {**env, STOP_AFTER_ENV: str(cut)}, name="cut", timeout=600)
     newest = checkpoint_dirs(tmp_path / "runs" / "resumed")[-1]
     assert read_json(newest / STATE_FILE)["step"] == cut
-    run_train(resumed, tmp_path, env, name="final", resume=True, timeout=400)
+    run_train(resumed, tmp_path, env, name="final", resume=True, timeout=600)
 
     want, got = state_dict_of(tmp_path / "s"), state_dict_of(tmp_path / "r")
     differing = [k for k in want if not torch.equal(want[k], got[k])]
