@@ -13,7 +13,7 @@ import sys
 
 # Modules under mmclip_dist.cli that each provide a sub-command; imported lazily so `--help`
 # stays fast and a heavy import (Ray, DeepSpeed) only happens for the command that needs it.
-COMMANDS = ("config", "debug", "shards", "train", "eval", "compare", "submit", "synthetic", "ablation")
+COMMANDS = ("config", "debug", "shards", "train", "eval", "compare", "submit", "synthetic", "ablation", "preflight")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,11 +19,6 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least fp32: a logsumexp over a large batch in bf16 is lossy; fp64 (exactness tests) stays fp64."""
-    return x.float() if x.is_floating_point() and torch.finfo(x.dtype).bits < 32 else x
-
-
 class ChunkedRowCrossEntropy(Function):
     """Per-row ``CE(scale * q_i . K^T, target_i)`` without materialising the ``[n, N]`` logits."""
 

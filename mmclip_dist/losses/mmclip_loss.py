@@ -19,12 +19,13 @@ from torch import nn
 
 from mmclip_dist.config import LossConfig
 from mmclip_dist.data.shard_format import VIEWS
-from mmclip_dist.losses.clip import clip_rows, upcast
+from mmclip_dist.losses.clip import clip_rows
 from mmclip_dist.losses.cross_view import cross_view_terms
 from mmclip_dist.losses.distributed import gather, world_info
 from mmclip_dist.losses.roi import roi_clip_rows
 from mmclip_dist.model.matching import GLOBAL_CC, ROI_CC, SCALE_NAMES
 from mmclip_dist.model.mmclip import MMCLIP, MMCLIPOutput
+from mmclip_dist.precision import upcast
 
 # RoI features, their validity, token features, token mask.
 _RoIQuad = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmclip_dist.model.visual import mlp
+from mmclip_dist.precision import upcast
 
 # Index of each scale in LogitScales' output, named after the paper's alpha_0..alpha_3 (Eq. 4-5).
 GLOBAL_CC, GLOBAL_MLO, ROI_CC, ROI_MLO = 0, 1, 2, 3
@@ -34,7 +35,8 @@ class LogitScales(nn.Module):
         self.log_scale = nn.Parameter(torch.full((count,), math.log(1.0 / init_temperature)))
 
     def forward(self, max_scale: float = 100.0) -> torch.Tensor:
-        return self.log_scale.clamp(max=math.log(max_scale)).exp()
+        # fp32 even in a bf16 model: exp of a bf16 log-scale near log(1/0.07) is off by ~0.5% (8-bit mantissa).
+        return upcast(self.log_scale).clamp(max=math.log(max_scale)).exp()
 
 
 class RoIMatcher(nn.Module):

@@ -8,6 +8,11 @@ maps input-pixel boxes onto the feature map correctly for every backbone.
 ``psi`` of Eq. 2 is ``torchvision.ops.roi_align`` on that map (``aligned=True``: a box edge at pixel
 coordinate x lands at feature coordinate ``x / stride - 0.5``, the pixel-centre convention), average
 pooled, then the RoI MLP head.
+
+RoIAlign always runs in fp32, whatever the model's dtype: torchvision has no bf16 kernel (CPU raises,
+CUDA dispatches float/double/half only), and box coordinates must not be rounded to the model dtype
+(bf16 keeps 8 significant bits, so an edge at x = 700 px moves by up to 2 px). The feature map is
+cast up for the op and the pooled features back to the model dtype.
 """
 
 from __future__ import annotations
@@ -79,15 +84,16 @@ class VisualEncoder(nn.Module):
         if r == 0:
             return fmap.new_zeros(n, 0, fmap.shape[1])
         # roi_align takes one box list per image; passing a list keeps the batch index implicit.
+        # fp32 for the op and for the boxes (module docstring); the pooled features return to fmap's dtype.
         pooled = roi_align(
-            fmap,
-            list(boxes.to(fmap.dtype).unbind(0)),
+            fmap.float(),
+            list(boxes.float().unbind(0)),
             output_size=self.roi_output_size,
             spatial_scale=1.0 / self.stride,
             sampling_ratio=-1,
             aligned=True,
         )
-        return pooled.mean(dim=(2, 3)).view(n, r, -1)
+        return pooled.mean(dim=(2, 3)).view(n, r, -1).to(fmap.dtype)
 
     def forward(
         self, x: torch.Tensor, boxes: torch.Tensor, box_valid: torch.Tensor

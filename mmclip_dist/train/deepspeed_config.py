@@ -24,6 +24,9 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any
             **({"stage3_param_persistence_threshold": 0} if train.zero_stage == 3 else {}),
         },
         "bf16": {"enabled": train.precision == "bf16"},
+        # DeepSpeed >= 0.19 casts only parameters and keeps buffers fp32; BatchNorm then meets bf16 weights
+        # with fp32 running statistics and fails ("expected scalar type BFloat16 but found Float").
+        **({"data_types": {"buffer_dtype": "bf16"}} if train.precision == "bf16" else {}),
         "optimizer": {
             "type": "AdamW",
             # torch_adam: DeepSpeed's fused CPU/GPU Adam needs compiled ops, which we install without.

@@ -120,13 +120,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     dist.barrier()
 
 
+# Only these follow the training precision; boxes stay fp32 (RoIAlign runs in fp32 on exact pixel
+# coordinates, docs/model.md), box validity, ids and labels keep their integer/bool types.
+PRECISION_KEYS = ("images", "masks")
+
+
 def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Move tensors; floating images/masks follow the training precision, ids and boxes' validity do not."""
+    """Move tensors to ``device``; images and masks are cast to the training ``dtype``, nothing else is."""
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
-            if value.is_floating_point():
+            if key in PRECISION_KEYS:
                 value = value.to(dtype)
         out[key] = value
     return out

@@ -200,10 +200,16 @@ def test_crd_validation_rejects_unknown_field(k8s: Any) -> None:
 
 
 def _job_config(entrypoint: str) -> tuple[Any, Config]:
-    argv = shlex.split(entrypoint)
+    """The entrypoint is ``mmclip-dist preflight --on-workers ARGS && mmclip-dist train ARGS`` (same ARGS)."""
+    preflight, sep, train = entrypoint.partition("&&")
+    assert sep, f"{entrypoint}: preflight must run before training"
+    pre_argv, argv = shlex.split(preflight), shlex.split(train)
+    assert pre_argv[:3] == ["mmclip-dist", "preflight", "--on-workers"], entrypoint
     assert argv[0] == "mmclip-dist", entrypoint
+    pre_args = build_parser().parse_args(pre_argv[1:])
     args = build_parser().parse_args(argv[1:])
     assert args.command == "train", entrypoint
+    assert (pre_args.config, pre_args.overrides) == (args.config, args.overrides), "preflight checks another config"
     assert args.config.startswith(IMAGE_WORKDIR + "/"), f"{args.config}: not a path inside the image"
     local = REPO / args.config[len(IMAGE_WORKDIR) + 1 :]
     assert local.is_file(), f"{args.config}: no such file in the repository ({local})"
