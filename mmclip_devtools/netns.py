@@ -235,6 +235,7 @@ class TestBed:
 
     def setup(self) -> TestBed:
         sweep_stale(self.stale_after_s)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_state()  # first: a crash from here on leaves a record the stale sweep can use
         atexit.register(self.teardown)
         self._install_signal_handlers()

@@ -7,8 +7,11 @@ the checkpoint, so every attempt of one training job writes into the same MLflow
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +61,45 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) ->
     return run_id
 
 
-class RunLogger:
-    """Rank-0 logger bound to one run; a no-op object on the other ranks keeps the loop free of ifs."""
+# Metrics wait in memory while the tracking server is unreachable; a run logs a few values per step, so this
+# bounds memory without ever dropping metrics of a realistic outage (hours at one step per second).
+_MAX_PENDING_METRICS = 1_000_000
+_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+_FLUSH_TIMEOUT_S = 300.0
+METRICS_DROPPED_TAG = "metrics_dropped"
+log = logging.getLogger(__name__)
 
-    def __init__(self, tracking_uri: str, run_id: str, enabled: bool, system_metrics: bool = True) -> None:
+
+class RunLogger:
+    """Rank-0 logger bound to one run; a no-op object on the other ranks keeps the loop free of ifs.
+
+    Metrics are sent by a background thread, so an unreachable tracking server never stalls training: values
+    logged meanwhile wait in memory (with the time they were logged) and arrive once the server answers again.
+    ``close`` waits up to ``flush_timeout_s`` for the backlog and records in the tag ``metrics_dropped`` how many
+    values never arrived (0 normally).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        enabled: bool,
+        system_metrics: bool = True,
+        flush_timeout_s: float = _FLUSH_TIMEOUT_S,
+    ) -> None:
         self.enabled = enabled
         self.run_id = run_id
+        self.flush_timeout_s = flush_timeout_s
+        self.dropped = 0
         self._client = MlflowClient(tracking_uri) if enabled else None
         self._system = None
+        self._pending: deque[mlflow.entities.Metric] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._sender: threading.Thread | None = None
+        if enabled:
+            self._sender = threading.Thread(target=self._send_loop, name="mlflow-metrics", daemon=True)
+            self._sender.start()
         if enabled and system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -76,15 +110,62 @@ class RunLogger:
             self._system.start()
 
     def close(self) -> None:
+        """Deliver the backlog (bounded wait), then tag the run with the number of values that never arrived."""
         if self._system is not None:
             self._system.finish()
             self._system = None
+        if self._sender is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._sender.join(self.flush_timeout_s)
+        with self._cond:
+            self.dropped += len(self._pending)
+            self._pending.clear()
+        self._sender = None
+        if self.dropped:
+            log.error("%d metric values could not be sent to MLflow run %s", self.dropped, self.run_id)
+        try:
+            self._client.set_tag(self.run_id, METRICS_DROPPED_TAG, str(self.dropped))
+        except Exception as err:  # noqa: BLE001 - the server is gone for good; the log line above is the record
+            log.error("could not tag MLflow run %s with %s=%d: %s", self.run_id, METRICS_DROPPED_TAG, self.dropped, err)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        entities = [mlflow.entities.Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
-        self._client.log_batch(self.run_id, metrics=entities)
+        now = _now_ms()
+        with self._cond:
+            for key, value in metrics.items():
+                if len(self._pending) >= _MAX_PENDING_METRICS:
+                    self.dropped += 1
+                    continue
+                self._pending.append(mlflow.entities.Metric(key, float(value), now, step))
+            self._cond.notify_all()
+
+    def _send_loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # closing, all delivered
+                batch = [self._pending[i] for i in range(min(_BATCH, len(self._pending)))]
+            try:
+                self._client.log_batch(self.run_id, metrics=batch)
+            except Exception as err:  # noqa: BLE001 - kept and retried; close() counts what never arrives
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.warning("MLflow log_batch failed (%s: %s); %d values pending, retry in %.0fs",
+                            type(err).__name__, err, len(self._pending), delay)  # fmt: skip
+                with self._cond:
+                    self._cond.wait(delay)
+                continue
+            failures = 0
+            with self._cond:
+                for _ in batch:
+                    self._pending.popleft()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:

@@ -34,6 +34,34 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+# Checkpoint uploads (Ray Train writes through this filesystem from every worker) must ride out an object store
+# that is unreachable for tens of seconds. pyarrow's default (3 attempts, ~1 s connect timeout) gives up within a
+# few seconds; the AWS SDK's default strategy sleeps 25 ms * 2^n between attempts: 10 attempts span ~26 s of
+# back-off plus 10 connect timeouts, ~45 s in all (docs/operations.md, "S3 cut").
+S3_RETRY_ATTEMPTS = 10
+S3_CONNECT_TIMEOUT_S = 2.0
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """``pafs.S3FileSystem`` with :data:`S3_RETRY_ATTEMPTS` retries that keeps them when pickled to the workers
+    (pyarrow's own pickling drops the retry strategy, and the workers are the ones uploading checkpoints)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        super().__init__(
+            **kwargs,
+            connect_timeout=S3_CONNECT_TIMEOUT_S,
+            retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_RETRY_ATTEMPTS),
+        )
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        return _retrying_s3, (self._kwargs,)
+
+
+def _retrying_s3(kwargs: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(**kwargs)
+
+
 def storage_location(storage_path: str, endpoint: str | None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it for a local folder or ``s3://bucket/prefix``."""
     if storage_path.startswith("s3://"):
@@ -41,7 +69,7 @@ def storage_location(storage_path: str, endpoint: str | None) -> tuple[pafs.File
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs = {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
-        return pafs.S3FileSystem(**kwargs), storage_path[len("s3://") :].rstrip("/")
+        return RetryingS3FileSystem(**kwargs), storage_path[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(storage_path)
 
 

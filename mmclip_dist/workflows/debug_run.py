@@ -128,6 +128,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     zero_shot = zero_shot_malignancy(model, tokenizer, eval_batches, cfg.data.max_text_len, cfg.eval.bootstrap)
     logger = RunLogger(result.tracking_uri, result.mlflow_run_id, enabled=True, system_metrics=False)
     logger.log_metrics({f"zeroshot_malignancy_{k}": v for k, v in zero_shot.metrics.items()}, step=cfg.train.max_steps)
+    logger.close()  # metrics are sent in the background: wait for them
     lap("eval")
     log(f"[5/5] zero-shot malignancy on the held-out split: AUC {zero_shot.metrics['auc']:.3f}")
 
