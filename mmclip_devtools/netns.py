@@ -399,6 +399,12 @@ class TestBed:
         except subprocess.TimeoutExpired:
             pass
 
+    def kill_pid(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        """Signal one process, which must run in one of this bed's hosts (never anything else on the machine)."""
+        if not any(pid in self.pids(h) for h in self.hosts):
+            raise ValueError(f"pid {pid} is not in any host of test bed {self.tag}")
+        os.kill(pid, sig)
+
     def kill_host(self, host: str, grace: float = 10.0) -> None:
         """SIGTERM every process in ``host``, SIGKILL what is left after ``grace`` s; returns when none is left."""
         _kill_pids(self.pids(host), signal.SIGTERM)

@@ -120,7 +120,7 @@ class NetnsCluster:
                 "head",
                 [
                     "ray", "start", "--head", f"--node-ip-address={self.head_ip}", f"--port={GCS_PORT}",
-                    "--num-cpus=0", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}",
+                    "--num-cpus=0", "--object-store-memory=200000000", "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}",
                     f"--temp-dir={self.ray_temp_dir('head')}", "--block",
                 ],
                 env=self.ray_env() | HEALTH_CHECK_ENV,
@@ -154,7 +154,7 @@ class NetnsCluster:
             host,
             [
                 "ray", "start", f"--address={self.head_ip}:{GCS_PORT}", f"--node-ip-address={self.bed.ip(host)}",
-                "--num-cpus=1", f"--temp-dir={self.ray_temp_dir(host)}", "--block",
+                "--num-cpus=1", "--object-store-memory=200000000", f"--temp-dir={self.ray_temp_dir(host)}", "--block",
             ],
             env=self.ray_env(),
             log=self.bed.log_path(f"ray-{host}"),
