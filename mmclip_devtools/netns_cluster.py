@@ -90,6 +90,12 @@ class NetnsCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.auth_token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray's memory monitor kills workers when the *machine* is nearly full; on a shared test machine
+            # that is other people's memory (in Kubernetes it reads the pod's cgroup limit instead).
+            "RAY_memory_monitor_refresh_ms": "0",
+            # State/job clients (Ray Train's PlacementGroupCleaner too) otherwise look for "the" cluster by
+            # scanning local processes, and find the other Ray clusters running on this machine.
+            "RAY_API_SERVER_ADDRESS": self.dashboard_url,
             "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
