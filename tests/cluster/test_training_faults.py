@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from mmclip_devtools.fault_hooks import PID_DIR_ENV, STEP_SLEEP_ENV, read_events
 from mmclip_devtools.fixtures.training import TrainAssets, build_train_assets, cli_command, tiny_config, wait_for
-from mmclip_devtools.netns_cluster import DASHBOARD_PORT, NetnsCluster
+from mmclip_devtools.netns_cluster import DASHBOARD_PORT, WORKER_HOSTS, NetnsCluster
 from mmclip_dist.config import Config, dump_config
 from mmclip_dist.model import MMCLIP
 from mmclip_dist.train.state import DEEPSPEED_TAG, STATE_FILE
@@ -47,6 +48,26 @@ def shards(netns_cluster: NetnsCluster, train_assets: TrainAssets) -> str:
     return f"s3://{netns_cluster.bucket}/shards"
 
 
+_STARTED: list[Run] = []
+
+
+@pytest.fixture(autouse=True)
+def _leave_the_cluster_whole(netns_cluster: NetnsCluster) -> Iterator[None]:
+    """After each test, failed or not: no driver left running, every link up, both worker nodes alive."""
+    yield
+    while _STARTED:
+        run = _STARTED.pop()
+        if run.proc is not None and run.proc.poll() is None:
+            netns_cluster.bed.stop(run.proc)
+    for host in netns_cluster.bed.hosts:
+        if netns_cluster.bed.is_cut(host):
+            netns_cluster.bed.restore(host)
+    for host in WORKER_HOSTS:
+        if netns_cluster.node_state(host) != "ALIVE":
+            netns_cluster.restart_ray(host)
+    netns_cluster.wait_nodes(len(WORKER_HOSTS), 300)
+
+
 class Run:
     """One training job on the cluster: its config, worker events, and what it left in S3 and MLflow."""
 
@@ -64,6 +85,7 @@ class Run:
         """The driver on ``head`` (where a Ray job's entrypoint runs), joined through RAY_ADDRESS."""
         env = {PID_DIR_ENV: str(self.pid_dir), STEP_SLEEP_ENV: str(step_sleep)}
         self.proc, self.log = self.cluster.run_driver(cli_command(self.config_file), self.name, env)
+        _STARTED.append(self)
         return self
 
     def steps(self, rank: int) -> list[dict[str, Any]]:
