@@ -172,7 +172,8 @@ class Run:
             assert {STATE_FILE, "rng_rank0.pt", "rng_rank1.pt"} <= names, (checkpoint, names)
             assert any(f.startswith(f"{DEEPSPEED_TAG}/") and "optim_states" in f for f in names), names
         export = self.log.parent / f"{self.name}-export"
-        for key in (k for k in keys if k.startswith(f"runs/{self.name}/model/")):
+        # (keys ending in "/" are the folder markers pyarrow writes)
+        for key in (k for k in keys if k.startswith(f"runs/{self.name}/model/") and not k.endswith("/")):
             target = export / key.split("/model/", 1)[1]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.s3_object(key))
