@@ -130,7 +130,13 @@ class LossConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation and the distributed run."""
 
-    num_workers: int = Field(2, description="Ray Train workers (one per GPU on a cluster)")
+    num_workers: int | tuple[int, int] = Field(
+        2,
+        description="Ray Train workers (one per GPU); [min, max]: elastic, world size is what Ray gives at each start",
+    )
+    elastic_resize_interval_s: float = Field(
+        60.0, description="elastic runs: seconds between Ray's checks whether more workers could be started"
+    )
     use_gpu: bool = Field(False, description="give each worker a GPU")
     cpus_per_worker: int = Field(1, description="CPUs reserved per worker")
     micro_batch: int = Field(8, description="breasts per worker per forward pass")
@@ -158,8 +164,33 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
-        accumulation_steps(self.global_batch, self.num_workers, self.micro_batch)
+        low, high = self.world_size_range
+        if not 1 <= low <= high:
+            raise ValueError(f"train.num_workers=[{low}, {high}] needs 1 <= min <= max")
+        # An elastic run may restart at any world size in the range, so every one must split the batch exactly
+        # (refused here rather than discovered after a preemption hours into a run).
+        for world in range(low, high + 1):
+            try:
+                accumulation_steps(self.global_batch, world, self.micro_batch)
+            except ValueError as err:
+                if low == high:
+                    raise
+                raise ValueError(
+                    f"elastic train.num_workers=[{low}, {high}] includes world size {world}: {err}"
+                ) from err
         return self
+
+    @property
+    def world_size_range(self) -> tuple[int, int]:
+        """(min, max) world size; equal for a fixed ``num_workers``."""
+        if isinstance(self.num_workers, int):
+            return self.num_workers, self.num_workers
+        return self.num_workers[0], self.num_workers[1]
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run may use (what to reserve CPUs/GPUs for)."""
+        return self.world_size_range[1]
 
 
 def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> int:

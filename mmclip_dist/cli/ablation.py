@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     connect_ray(
-        cfg.train.num_workers * cfg.train.cpus_per_worker
+        cfg.train.max_workers * cfg.train.cpus_per_worker
     )  # first: Ray must be configured before anything imports it
     from mmclip_dist.eval.compare import print_comparison
     from mmclip_dist.workflows.ablation import run_ablation, select_variants

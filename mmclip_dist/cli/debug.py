@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir)  # a debug run is disposable; a stale run dir would otherwise be resumed
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    connect_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
+    connect_ray(cfg.train.max_workers * cfg.train.cpus_per_worker)
     summary = run_debug_pipeline(cfg, workdir)
     elapsed = time.perf_counter() - started
     zs = summary.zero_shot

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         cfg.train.resume = True
     connect_ray(
-        cfg.train.num_workers * cfg.train.cpus_per_worker
+        cfg.train.max_workers * cfg.train.cpus_per_worker
     )  # first: Ray must be configured before anything imports it
     from mmclip_dist.train.trainer import run_training
 

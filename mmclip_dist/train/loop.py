@@ -81,6 +81,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "samples_per_s": cfg.train.global_batch / (done - started),
             "data_wait_fraction": (fetched - started) / (done - started),
             "epoch": float(state.epoch),
+            # Elastic runs change these at a restart; the global batch stays train.global_batch.
+            "world_size": float(world),
+            "accumulation_steps": float(len(batch.micro_batches)),
         }
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
             logger.log_metrics(metrics, step=state.step)

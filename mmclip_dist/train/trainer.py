@@ -86,7 +86,10 @@ def run_training(cfg: Config) -> TrainResult:
         },
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": train.cpus_per_worker}
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker},
+            elastic_resize_monitor_interval_s=train.elastic_resize_interval_s,
         ),
         run_config=RunConfig(
             name=train.run_name,
