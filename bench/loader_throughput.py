@@ -6,7 +6,7 @@ then times on the same shards:
 
 * decode only: ``decode_sample`` + ``collate_samples`` in the main process (the per-sample CPU floor);
 * the train loader with 0, 1, 2, ... workers (one rank of ``world_size`` 1), first batch excluded;
-* ``skip_batches``: fast-forwarding the same number of batches without decoding (resume cost).
+* resume: starting from a saved position after the same number of batches (skipped without decoding).
 
     .venv/bin/python bench/loader_throughput.py [--samples 192 --size 760 480 --workers 0 2 --s3]
 """
@@ -125,20 +125,16 @@ def run(args: argparse.Namespace, work: Path) -> None:
     try:
         for name, url in sources.items():
             for workers in args.workers:
-                cfg = base.model_copy(
-                    update={
-                        "train_shards": url,
-                        "loader_workers": workers,
-                        "split_by_node": workers <= len(list_shards(url, split="train")),
-                    }
-                )
+                cfg = base.model_copy(update={"train_shards": url, "loader_workers": workers})
                 per_batch = time_loader(cfg, tokenizer, args.micro_batch, args.batches)
                 print(f"{name:5s} workers={workers}: {args.micro_batch / per_batch:7.1f} samples/s")
             cfg = base.model_copy(update={"train_shards": url, "loader_workers": 0})
             loader_full = time_loader(cfg, tokenizer, args.micro_batch, args.batches)
             start = time.perf_counter()
+            fresh = make_train_loader(cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0)
+            position = fresh.plan.consumed_after(args.batches)
             skipped = make_train_loader(
-                cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0, skip_batches=args.batches
+                cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0, consumed=position
             )
             next(iter(skipped))
             skip_time = time.perf_counter() - start

@@ -5,6 +5,7 @@ Fault-tolerance tests need to see and steer real workers from outside Ray:
 * ``MMCLIP_TEST_PID_DIR``: every worker appends one JSON line per event to ``<dir>/rank<r>.jsonl``:
   ``{"event": "start"|"step", "rank", "pid", "node_id", "step", "time"}`` ("start" carries the step the
   worker resumed from), so a test can SIGKILL a worker by PID and check which node each rank ran on.
+  With it, ``<dir>/keys_rank<r>.jsonl`` gets ``{"step", "world_size", "keys"}`` per step: the samples trained on.
 * ``MMCLIP_TEST_STEP_SLEEP``: seconds to sleep after each step, so a test can act while a run is mid-way.
 * ``MMCLIP_TEST_STOP_AFTER_STEP``: end the job after this step's checkpoint, without the export, as if it
   were preempted; ``--resume`` then continues it with the same ``train.max_steps`` (same lr schedule).
@@ -38,6 +39,16 @@ class StepHooks:
         stop = os.environ.get(STOP_AFTER_ENV)
         self.stop_after = int(stop) if stop else None
         self._record("start", start_step)
+
+    def on_batch(self, step: int, keys: list[str]) -> None:
+        """Record the sample keys this rank trained on in ``step`` (before the step's checkpoint)."""
+        if self.log_path is None:
+            return
+        import ray.train
+
+        line = {"step": step, "world_size": ray.train.get_context().get_world_size(), "keys": keys}
+        with (self.log_path.parent / f"keys_rank{self.rank}.jsonl").open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
 
     def after_step(self, step: int) -> bool:
         """Record and pace the step; True when the job must end here."""

@@ -77,12 +77,12 @@ class DataConfig(_Section):
     image_size: tuple[int, int] = Field((760, 480), description="model input size (height, width)")
     max_rois: int = Field(4, description="RoIs kept per view; extra boxes are dropped, missing ones masked")
     max_text_len: int = Field(128, description="report tokens kept per view")
-    shuffle_buffer: int = Field(1000, description="samples held in the shuffle buffer of each loader worker")
+    shuffle_buffer: int = Field(
+        1000,
+        description="samples each loader worker shuffles together (a window of its lane, rounded to micro-batches)",
+    )
     loader_workers: int = Field(2, description="DataLoader worker processes per training rank")
     epoch_samples: int = Field(0, description="samples per epoch across all ranks; 0 = one pass over the shards")
-    split_by_node: bool = Field(
-        True, description="give each rank x loader worker its own shards (needs >= that many); false: all resample all"
-    )
     train_split: str = Field(
         "train", description="shard name prefix ('{split}-NNNNNN.tar') read when train_shards is a folder"
     )

@@ -1,7 +1,8 @@
 """Per-step callbacks of the training loop, named in the config rather than imported by it.
 
 ``train.step_callback: "package.module:Class"`` makes every worker build ``Class(rank=..., start_step=...)``
-after restoring and call ``after_step(step)`` after each optimizer step (and its checkpoint). Fault-injection
+after restoring and call ``after_step(step)`` after each optimizer step (and its checkpoint); a callback that
+also has ``on_batch(step, keys)`` is given the sample keys this rank trained on in the step, before its checkpoint. Fault-injection
 tests use it to pace and end runs (``mmclip_devtools.fault_hooks``); profilers or custom stop rules can too,
 without the training loop knowing about them.
 """

@@ -51,7 +51,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     state = restored or TrainState(mlflow_run_id=loop_config["mlflow_run_id"])
     logger = RunLogger(loop_config["tracking_uri"], state.mlflow_run_id, enabled=rank == 0)
     tokenizer = load_tokenizer(cfg.model)
-    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.batches_in_epoch)
+    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.consumed)
     cache = FeatureCache(MMCLIPLoss(cfg.loss), engine.module)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
@@ -74,7 +74,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         terms = cache.step(micro_batches, forward=engine, backward=backward_and_step)
         done = time.perf_counter()
         state.step += 1
-        state.epoch, state.batches_in_epoch = batch.epoch, batch.batches_in_epoch
+        state.epoch, state.consumed, state.world_size = batch.epoch, batch.consumed, world
         state.samples_seen += cfg.train.global_batch
         metrics = mean_across_ranks(terms) | {
             "lr": engine.get_lr()[0],
@@ -87,6 +87,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         }
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
             logger.log_metrics(metrics, step=state.step)
+        if callback is not None and hasattr(callback, "on_batch"):  # optional: sees the step's sample keys
+            callback.on_batch(state.step, [key for mb in batch.micro_batches for key in mb["keys"]])
         every = cfg.train.checkpoint_every
         if (every and state.step % every == 0) or state.step == cfg.train.max_steps:
             save_and_report(engine, state, metrics, rank)

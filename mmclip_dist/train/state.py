@@ -1,26 +1,34 @@
-"""Training state and checkpoints: DeepSpeed shards + our own small state, reported through Ray Train.
+"""Training state and checkpoints that any world size restores, reported through Ray Train.
 
-A checkpoint folder holds DeepSpeed's files under ``deepspeed/`` (every rank writes its optimizer
-shard; Ray Train merges the ranks' folders into one checkpoint in storage), ``train_state.json``
-(step, data position, MLflow run id) and one ``rng_rank{r}.pt`` per rank, so a restored run draws the
-same dropout masks as an uninterrupted one.
+A checkpoint folder holds ``train_state.pt``, written by rank 0 and independent of DeepSpeed's partitioning:
+every trainable parameter's full fp32 master value and AdamW moments by parameter name (gathered from the
+ZeRO partitions with DeepSpeed's ``safe_get_full_*`` API, set back with ``safe_set_full_*`` on whatever world
+size restores it), the Adam step, the lr scheduler, the model's buffers, each rank's RNG state, and
+``train_state.json`` (step, world-size-independent data position, MLflow run id). An elastic run that loses
+or gains workers therefore continues with the same weights *and* optimizer state.
+
+Cost: the full fp32 state (3 x 4 bytes per parameter) passes through rank 0's memory at save and every
+rank's at restore; fine for MM-CLIP's ~10^8 parameters, to be revisited for models an order larger.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import torch
+import torch.distributed as dist
 
+from mmclip_dist.data.stream.epoch_plan import Consumed
 from mmclip_dist.rng import get_rng_state, set_rng_state
 
-DEEPSPEED_TAG = "deepspeed"
 STATE_FILE = "train_state.json"
+TENSORS_FILE = "train_state.pt"
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 @dataclass
@@ -29,30 +37,128 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches this rank consumed in ``epoch``
+    consumed: Consumed = field(default_factory=dict)  # samples of each shard used in ``epoch`` (epoch_plan.py)
     mlflow_run_id: str = ""
     samples_seen: int = 0
+    world_size: int = 0  # ranks that wrote the checkpoint (a restore on another count is a resize)
+
+
+def _trainable(engine: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in engine.module.named_parameters() if p.requires_grad]
+
+
+def _basic_optimizer(engine: Any) -> torch.optim.Optimizer:
+    """The torch optimizer DeepSpeed drives (behind its ZeRO / bf16 wrapper, if any)."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer)
+
+
+def _zero_partitioned(engine: Any) -> bool:
+    params = [p for _, p in _trainable(engine)]
+    return any(hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") for p in params)
+
+
+def _full_state(engine: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """``{name: {"param", "exp_avg", "exp_avg_sq"}}`` full fp32 tensors (collective: every rank calls it)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    partitioned = _zero_partitioned(engine)
+    state = _basic_optimizer(engine).state
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, param in _trainable(engine):
+        if partitioned:
+            entry = {"param": safe_get_full_fp32_param(param)}
+            entry |= {key: safe_get_full_optimizer_state(param, key) for key in MOMENTS}
+        else:  # ZeRO 0, fp32: the module's parameters are the optimizer's
+            entry = {"param": param.detach()} | {key: state[param][key] for key in MOMENTS if key in state[param]}
+        out[name] = {key: value.detach().float().cpu().clone() for key, value in entry.items() if value is not None}
+    return out
+
+
+def _adam_step(engine: Any) -> int:
+    for value in _basic_optimizer(engine).state.values():
+        if "step" in value:
+            return int(value["step"])
+    return 0
 
 
 def save_and_report(engine: Any, state: TrainState, metrics: dict[str, float], rank: int) -> None:
-    """Every rank saves its DeepSpeed shard and reports; ``ray.train.report`` is a barrier for all ranks."""
+    """Gather the full state to rank 0, write it, report; ``ray.train.report`` is a barrier for all ranks."""
+    tensors = _full_state(engine)
+    rng = [None] * dist.get_world_size()
+    dist.all_gather_object(rng, get_rng_state())
     with tempfile.TemporaryDirectory(prefix="mmclip-ckpt-") as tmp:
-        engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG)
-        torch.save(get_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
+        checkpoint = None
         if rank == 0:
+            payload = {
+                "tensors": tensors,
+                "adam_step": _adam_step(engine),
+                "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler is not None else None,
+                "buffers": {name: b.detach().cpu().clone() for name, b in engine.module.named_buffers()},
+                "rng": rng,
+                "global_steps": engine.global_steps,
+                "global_samples": engine.global_samples,
+            }
+            torch.save(payload, Path(tmp) / TENSORS_FILE)
             (Path(tmp) / STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report({**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({**metrics, "step": state.step}, checkpoint=checkpoint)
 
 
 def restore(engine: Any, rank: int) -> TrainState | None:
-    """Load the latest reported checkpoint into ``engine``; None when the run starts fresh."""
+    """Load the latest reported checkpoint into ``engine`` at this run's world size; None when starting fresh."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        folder = Path(folder)
-        engine.load_checkpoint(str(folder), tag=DEEPSPEED_TAG)
-        rng_file = folder / f"rng_rank{rank}.pt"
-        if rng_file.exists():
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        return TrainState(**json.loads((folder / STATE_FILE).read_text()))
+        payload = torch.load(Path(folder) / TENSORS_FILE, weights_only=False, map_location="cpu")
+        state = TrainState(**json.loads((Path(folder) / STATE_FILE).read_text()))
+    load_full_state(engine, payload)
+    rng = payload["rng"]
+    if len(rng) == dist.get_world_size():
+        set_rng_state(rng[rank])  # same world: dropout continues exactly as without the restart
+    else:
+        torch.manual_seed(1_000_003 * state.step + rank)  # resized: a fresh stream per rank
+    return state
+
+
+def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
+    """Set parameters, AdamW moments and step, lr schedule and buffers from a full-state checkpoint."""
+    import deepspeed
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    tensors = payload["tensors"]
+    trainable = _trainable(engine)
+    missing = sorted({n for n, _ in trainable} - set(tensors))
+    if missing:
+        raise ValueError(f"checkpoint lacks parameters {missing[:5]} ({len(missing)} in all): another model?")
+    partitioned = _zero_partitioned(engine)
+    optimizer = _basic_optimizer(engine)
+    step = payload["adam_step"]
+    for name, param in trainable:
+        entry = tensors[name]
+        if partitioned:
+            safe_set_full_fp32_param(param, entry["param"].to(engine.device))
+            for key in MOMENTS:
+                if key in entry:
+                    safe_set_full_optimizer_state(param, entry[key].to(engine.device), key)
+            # The forward reads the low-precision / partitioned copy, which DeepSpeed only refreshes at a step.
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if dist.get_rank() == 0 or not hasattr(param, "ds_id"):
+                    param.data.copy_(entry["param"].reshape(param.shape).to(param.dtype))
+        else:
+            param.data.copy_(entry["param"].to(param.dtype))
+            if step and all(key in entry for key in MOMENTS):
+                optimizer.state[param] = {
+                    "step": torch.tensor(float(step)),
+                    **{key: entry[key].to(param.device).clone() for key in MOMENTS},
+                }
+    for value in optimizer.state.values():  # ZeRO keeps one state per flat partition
+        if "step" in value:
+            value["step"] = torch.tensor(float(step)) if isinstance(value["step"], torch.Tensor) else step
+    if payload["lr_scheduler"] is not None:
+        engine.lr_scheduler.load_state_dict(payload["lr_scheduler"])
+    buffers = dict(engine.module.named_buffers())
+    for name, value in payload["buffers"].items():
+        buffers[name].copy_(value)
+    engine.global_steps = payload["global_steps"]
+    engine.global_samples = payload["global_samples"]

@@ -1,4 +1,4 @@
-"""Turning the per-rank micro-batch stream into optimizer steps, across epochs, resumable."""
+"""Turning the per-rank micro-batch stream into optimizer steps, across epochs, resumable at any world size."""
 
 from __future__ import annotations
 
@@ -7,29 +7,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmclip_dist.config import Config, accumulation_steps
+from mmclip_dist.data.stream.epoch_plan import Consumed
 from mmclip_dist.data.stream.loader import make_train_loader
 
 
 @dataclass
 class StepBatches:
-    """The micro-batches of one optimizer step and the data position after them."""
+    """The micro-batches of one optimizer step and the data position after them (every rank agrees on it)."""
 
     micro_batches: list[dict[str, Any]]
     epoch: int
-    batches_in_epoch: int
+    consumed: Consumed
 
 
 def step_stream(
-    cfg: Config, tokenizer: Any, rank: int, world_size: int, epoch: int, batches_in_epoch: int
+    cfg: Config, tokenizer: Any, rank: int, world_size: int, epoch: int, consumed: Consumed
 ) -> Iterator[StepBatches]:
     """Yield ``accumulation_steps`` micro-batches at a time, forever, starting at a saved position.
 
-    Every rank yields the same number of micro-batches per epoch (the loader guarantees it), so all
-    ranks reach each collective together; a step may span an epoch boundary.
+    Every rank yields the same number of whole steps per epoch (the epoch plan guarantees it), so all ranks
+    reach each collective together; the epoch's last ``samples % global_batch`` samples are left out.
     """
     accumulation = accumulation_steps(cfg.train.global_batch, world_size, cfg.train.micro_batch)
-    pending: list[dict[str, Any]] = []
-    skip = batches_in_epoch
     while True:
         loader = make_train_loader(
             cfg.data,
@@ -39,18 +38,13 @@ def step_stream(
             micro_batch=cfg.train.micro_batch,
             seed=cfg.train.seed,
             epoch=epoch,
-            skip_batches=skip,
+            accumulation=accumulation,
+            consumed=consumed,
         )
-        position = skip
-        for batch in loader:
-            position += 1
+        pending: list[dict[str, Any]] = []
+        for done, batch in enumerate(loader, start=1):
             pending.append(batch)
             if len(pending) == accumulation:
-                yield StepBatches(pending, epoch, position)
+                yield StepBatches(pending, epoch, loader.plan.consumed_after(done))
                 pending = []
-        if position == skip and skip == 0:  # (a resume exactly at an epoch's end legitimately reads nothing)
-            raise RuntimeError(
-                f"epoch {epoch} of {cfg.data.train_shards!r} gave rank {rank} no batches; "
-                "check data.epoch_samples and the shard count"
-            )
-        epoch, skip = epoch + 1, 0
+        epoch, consumed = epoch + 1, {}

@@ -16,12 +16,18 @@ def rank_batches(plan: EpochPlan, rank: int) -> list[list[tuple[str, int]]]:
     """Rank ``rank``'s micro-batches in DataLoader order (batch b from worker b % readers)."""
     lanes = []
     for k in range(plan.readers):
-        samples = [(seg.shard, i) for seg in plan.lane(rank, k) for i in range(seg.start, seg.end)]
+        read = [(seg.shard, i) for seg in plan.lane(rank, k) for i in range(seg.start, seg.end)]
+        samples = []
+        for w, start in enumerate(range(0, len(read), plan.window)):
+            window = read[start : start + plan.window]
+            samples += [window[o] for o in plan.window_order(rank, k, w, len(window))]
         lanes.append([samples[j : j + plan.micro_batch] for j in range(0, len(samples), plan.micro_batch)])
     return [lanes[b % plan.readers][b // plan.readers] for b in range(plan.batches_per_rank)]
 
 
-def plan_for(world: int, readers: int, micro: int, global_batch: int, consumed: dict, epoch: int = 0) -> EpochPlan:
+def plan_for(
+    world: int, readers: int, micro: int, global_batch: int, consumed: dict, epoch: int = 0, window: int = 0
+) -> EpochPlan:
     return EpochPlan(
         SHARDS,
         COUNTS,
@@ -32,6 +38,7 @@ def plan_for(world: int, readers: int, micro: int, global_batch: int, consumed: 
         micro_batch=micro,
         accumulation=global_batch // (world * micro),
         consumed=consumed,
+        shuffle_window=window,
     )
 
 
@@ -58,7 +65,7 @@ def test_exactly_once_across_random_resizes(case: int) -> None:
     while True:
         world = rng.choice([1, 2, 4])
         readers = rng.choice([1, 2, 3])
-        plan = plan_for(world, readers, micro, global_batch, consumed)
+        plan = plan_for(world, readers, micro, global_batch, consumed, window=rng.choice([0, 2, 5, 100]))
         if plan.steps == 0:
             break
         steps = rng.randint(1, plan.steps)  # a checkpoint after `steps` steps, then a resize
@@ -83,6 +90,18 @@ def test_same_plan_without_resize_matches_one_uninterrupted_start() -> None:
         s for r in (0, 1) for mb in rank_batches(resumed, r) for s in mb
     }
     assert len(used) == 40
+
+
+def test_shuffle_window_permutes_within_windows_only() -> None:
+    plain = plan_for(world=1, readers=1, micro=2, global_batch=4, consumed={})
+    mixed = plan_for(world=1, readers=1, micro=2, global_batch=4, consumed={}, window=7)
+    assert mixed.window == 8
+    flat = [s for mb in rank_batches(plain, 0) for s in mb]
+    shuffled = [s for mb in rank_batches(mixed, 0) for s in mb]
+    assert shuffled != flat and sorted(shuffled[:8]) == sorted(flat[:8])
+    # a checkpoint inside a window records the scattered samples trained on so far
+    after = mixed.consumed_after(3)
+    assert {(k, i) for k, v in after.items() for a, b in v for i in range(a, b)} == set(shuffled[:6])
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only() -> None:

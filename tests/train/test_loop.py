@@ -14,7 +14,7 @@ from mmclip_devtools.fault_hooks import PID_DIR_ENV, STEP_SLEEP_ENV, read_events
 from mmclip_devtools.fixtures.training import (
     TrainAssets,
     checkpoint_dirs,
-    deepspeed_fp32_weights,
+    checkpoint_fp32_weights,
     finish_train,
     metric_steps,
     read_json,
@@ -25,7 +25,7 @@ from mmclip_devtools.fixtures.training import (
 )
 from mmclip_devtools.local_ray import LocalRayCluster
 from mmclip_dist.model import MMCLIP
-from mmclip_dist.train.state import STATE_FILE
+from mmclip_dist.train.state import STATE_FILE, TENSORS_FILE
 
 
 @pytest.mark.integration
@@ -82,9 +82,9 @@ def test_sigkilled_worker_is_restored_from_its_last_checkpoint(
     # The final checkpoint and the export are complete and agree: nothing half-written survived the kill.
     final = checkpoint_dirs(tmp_path / "runs" / "fault")[-1]
     assert read_json(final / STATE_FILE)["step"] == total
-    assert {f"rng_rank{r}.pt" for r in (0, 1)} <= {p.name for p in final.iterdir()}
+    assert TENSORS_FILE in {p.name for p in final.iterdir()}
     model = MMCLIP.from_pretrained(cfg.train.export_dir)
-    checkpointed = deepspeed_fp32_weights(final)
+    checkpointed = checkpoint_fp32_weights(final)
     params = dict(model.named_parameters())
     assert set(params) <= set(checkpointed)
     for name, value in params.items():

@@ -84,6 +84,7 @@ class EpochPlan:
         accumulation: int,
         consumed: Mapping[str, Intervals] | None = None,
         epoch_samples: int = 0,
+        shuffle_window: int = 0,
     ) -> None:
         if len(shards) != len(counts):
             raise ValueError(f"{len(shards)} shards but {len(counts)} sample counts")
@@ -91,7 +92,9 @@ class EpochPlan:
             raise ValueError("world_size, readers, micro_batch and accumulation must all be >= 1")
         self.world_size, self.readers = world_size, readers
         self.micro_batch, self.accumulation = micro_batch, accumulation
-        self.epoch = epoch
+        self.seed, self.epoch = seed, epoch
+        # Lanes are shuffled in windows of whole micro-batches; the permutation is known to every rank.
+        self.window = max(1, -(-shuffle_window // micro_batch)) * micro_batch
         count_of = dict(zip(shards, counts, strict=True))
         unknown = set(consumed or {}) - set(count_of)
         if unknown:
@@ -143,17 +146,36 @@ class EpochPlan:
         return out
 
     def lane(self, rank: int, reader: int) -> list[Segment]:
-        """What worker ``reader`` of ``rank`` reads, in order: ``share(batches_per_rank, readers, reader)``
-        micro-batches of ``micro_batch`` consecutive samples."""
+        """What worker ``reader`` of ``rank`` reads from storage, in order: ``share(batches_per_rank, readers,
+        reader)`` micro-batches; ``window_order`` says in which order it trains on them."""
         start = self.lane_start[rank, reader]
         return self._slice(start, start + share(self.batches_per_rank, self.readers, reader) * self.micro_batch)
+
+    def window_order(self, rank: int, reader: int, window: int, size: int) -> list[int]:
+        """Training order of the ``size`` samples of window ``window`` of a lane (offsets inside the window)."""
+        order = list(range(size))
+        random.Random(f"mmclip-window:{self.seed}:{self.epoch}:{self.lane_start[rank, reader]}:{window}").shuffle(order)
+        return order
 
     def consumed_after(self, batches: int) -> Consumed:
         """The epoch's consumed intervals once every rank has trained on its first ``batches`` micro-batches."""
         if not 0 <= batches <= self.batches_per_rank:
             raise ValueError(f"{batches} micro-batches per rank; this plan has {self.batches_per_rank}")
         out: Consumed = {k: [list(i) for i in v] for k, v in self.base.items()}
-        for (_, k), start in self.lane_start.items():
-            for seg in self._slice(start, start + share(batches, self.readers, k) * self.micro_batch):
-                out[seg.shard] = add_interval(out.get(seg.shard, []), seg.start, seg.end)
+        for (rank, k), start in self.lane_start.items():
+            used = share(batches, self.readers, k) * self.micro_batch
+            full = used // self.window * self.window
+            lane = self._slice(start, start + share(self.batches_per_rank, self.readers, k) * self.micro_batch)
+            positions = [(seg.shard, seg.start, seg.end) for seg in self._slice(start, start + full)]
+            if used > full:  # a window partly trained on: the samples its permutation put first
+                size = min(self.window, sum(len(s) for s in lane) - full)
+                offsets = sorted(self.window_order(rank, k, full // self.window, size)[: used - full])
+                flat = [
+                    (seg.shard, i)
+                    for seg in self._slice(start + full, start + full + size)
+                    for i in range(seg.start, seg.end)
+                ]
+                positions += [(flat[o][0], flat[o][1], flat[o][1] + 1) for o in offsets]
+            for shard, a, b in positions:
+                out[shard] = add_interval(out.get(shard, []), a, b)
         return out

@@ -1,11 +1,11 @@
 """WebDataset shards → collated training / evaluation batches (the "Batch" contract in docs/architecture.md).
 
-Training stream, per rank: ``make_train_loader`` gives each of the rank's DataLoader workers its own subset of
-shards (split by node, then by worker), resamples shards from that subset with an RNG seeded by (seed, epoch,
-rank, worker), shuffles raw samples in a buffer, and cuts batches of ``micro_batch``. Every rank yields exactly
-``epoch_samples // (world_size * micro_batch)`` batches per epoch: ranks that disagreed would leave one rank
-waiting forever in a collective op. Shuffling happens on the raw tar bytes and decoding afterwards, so
-``skip_batches`` (resume) only reads tar members and skips PNG decoding and tokenisation.
+Training stream, per rank: ``make_train_loader`` reads the rank's lanes of the epoch plan (epoch_plan.py: shards
+in an order drawn from (seed, epoch), each sample of the epoch exactly once whatever the world size, resumable
+from a per-shard position after a resize), one lane per DataLoader worker, shuffles each lane in windows of
+``shuffle_buffer`` raw samples (undecoded tar bytes) and cuts batches of ``micro_batch``.
+Every rank yields the same number of batches: ranks that disagreed would leave one rank waiting forever in a
+collective op. Samples consumed before a restart are skipped as tar members, without PNG decoding.
 
 Evaluation stream: shards in order, each sample exactly once, last partial batch kept.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from mmclip_dist.config import DataConfig
 from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_file, mask_file, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
+from mmclip_dist.data.stream.epoch_plan import Consumed, EpochPlan
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ def _manifest_counts(storage: Storage) -> dict[str, int]:
     return {entry["name"]: int(entry["samples"]) for entry in manifest.get("shards", [])}
 
 
-def count_samples(shards: Sequence[str], endpoint: str | None = None) -> int:
-    """Samples in ``shards``, from the shard writer's records: ``manifest.json`` (one read per folder), else
+def shard_counts(shards: Sequence[str], endpoint: str | None = None) -> list[int]:
+    """Samples of each shard, from the shard writer's records: ``manifest.json`` (one read per folder), else
     each shard's sidecar ``{split}-NNNNNN.json``, else by reading the tar headers (nothing decoded)."""
-    total = 0
+    counts: list[int] = []
     manifests: dict[str, dict[str, int]] = {}
     for url in shards:
         parent, name = split_url(url)
@@ -89,8 +89,13 @@ def count_samples(shards: Sequence[str], endpoint: str | None = None) -> int:
         if count is None:
             log.info("no manifest or sidecar for %s; counting its samples by reading it", url)
             count = sum(1 for _ in iter_shard(url, endpoint))
-        total += count
-    return total
+        counts.append(count)
+    return counts
+
+
+def count_samples(shards: Sequence[str], endpoint: str | None = None) -> int:
+    """Samples in ``shards`` (see ``shard_counts``)."""
+    return sum(shard_counts(shards, endpoint))
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -234,103 +239,61 @@ def collate_samples(samples: list[dict[str, Any]], cfg: DataConfig, tokenizer: A
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _shuffle(stream: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-    """Reservoir-style shuffle buffer; deterministic for a given rng."""
-    buffer: list[dict[str, Any]] = []
-    for sample in stream:
-        if len(buffer) < size:
-            buffer.append(sample)
-            continue
-        index = rng.randrange(size)
-        buffer[index], sample = sample, buffer[index]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _resampled(shards: list[str], rng: random.Random, endpoint: str | None) -> Iterator[dict[str, Any]]:
-    """Endless samples from shards drawn with replacement (webdataset's ResampledShards, with our rng)."""
-    empty: set[str] = set()
-    while True:
-        url = rng.choice(shards)
-        count = 0
-        for sample in iter_shard(url, endpoint):
-            count += 1
-            yield sample
-        if count == 0:
-            empty.add(url)
-            if empty == set(shards):
-                raise ValueError(f"every shard of this reader is empty: {shards}")
-
-
-def _share(total: int, parts: int, index: int) -> int:
-    """Items ``index`` gets when ``total`` are dealt round-robin to ``parts`` (index < total % parts get one more)."""
-    return max(0, (total - index + parts - 1) // parts)
-
-
 class _TrainStream(IterableDataset):
-    """One rank's stream; each DataLoader worker yields its round-robin share of the rank's batches."""
+    """One rank's stream; DataLoader worker k reads lane (rank, k) of the epoch plan, so batch b comes from
+    worker b % readers (the DataLoader's in-order round robin) and the plan knows what every batch held."""
 
-    def __init__(
-        self,
-        shards: list[str],
-        cfg: DataConfig,
-        tokenizer: Any,
-        *,
-        rank: int,
-        world_size: int,
-        micro_batch: int,
-        seed: int,
-        epoch: int,
-        num_batches: int,
-        skip_batches: int,
-    ) -> None:
-        self.shards = shards
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.rank, self.world_size = rank, world_size
-        self.micro_batch, self.seed, self.epoch = micro_batch, seed, epoch
-        self.num_batches, self.skip_batches = num_batches, skip_batches
-        self.readers = max(1, cfg.loader_workers)
+    def __init__(self, plan: EpochPlan, rank: int, cfg: DataConfig, tokenizer: Any) -> None:
+        self.plan, self.rank, self.cfg, self.tokenizer = plan, rank, cfg, tokenizer
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        if info is not None and info.num_workers != self.readers:
-            raise RuntimeError(f"DataLoader has {info.num_workers} workers, stream was planned for {self.readers}")
-        # The DataLoader takes the rank's k-th remaining batch from worker k % readers. Batch b of the full
-        # epoch belongs to reader "role" b % readers, so after skipping s batches worker w plays role
-        # (w + s) % readers: the full-epoch stream and a resumed one then agree batch for batch.
-        role = (worker + self.skip_batches) % self.readers
-        if self.cfg.split_by_node:
-            reader = self.rank * self.readers + role
-            shards = self.shards[reader :: self.world_size * self.readers]
-        else:
-            shards = self.shards
-        # A string seed goes through SHA-512 in random.seed: stable across processes and Python runs.
-        rng = random.Random(f"mmclip-train:{self.seed}:{self.epoch}:{self.rank}:{role}")
-        mine = _share(self.num_batches, self.readers, role)
-        skip = min(mine, _share(self.skip_batches, self.readers, role))
-        if skip == mine:
-            return
-        samples = _shuffle(_resampled(shards, rng, self.cfg.s3_endpoint), self.cfg.shuffle_buffer, rng)
-        for index in range(mine):
-            raw = [next(samples) for _ in range(self.micro_batch)]
-            if index < skip:
-                continue  # consumed but not decoded: resuming costs tar reads only
-            yield collate_samples([decode_sample(s, self.cfg) for s in raw], self.cfg, self.tokenizer)
+        if info is not None and info.num_workers != self.plan.readers:
+            raise RuntimeError(f"DataLoader has {info.num_workers} workers, stream was planned for {self.plan.readers}")
+        plan = self.plan
+        window: list[dict[str, Any]] = []
+        index = 0
+        for raw in self._lane_samples(worker):
+            window.append(raw)
+            if len(window) == plan.window:
+                yield from self._batches(worker, index, window)
+                window, index = [], index + 1
+        if window:
+            yield from self._batches(worker, index, window)
+
+    def _lane_samples(self, worker: int) -> Iterator[dict[str, Any]]:
+        for segment in self.plan.lane(self.rank, worker):
+            taken = 0
+            for index, raw in enumerate(iter_shard(segment.shard, self.cfg.s3_endpoint)):
+                if index < segment.start:
+                    continue  # consumed before this (re)start: tar reads only, nothing decoded
+                if index >= segment.end:
+                    break
+                taken += 1
+                yield raw
+            if taken != len(segment):
+                raise RuntimeError(
+                    f"{segment.shard} gave {segment.start + taken} samples, its record says at least {segment.end}"
+                )
+
+    def _batches(self, worker: int, index: int, window: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        order = self.plan.window_order(self.rank, worker, index, len(window))
+        micro = self.plan.micro_batch
+        for start in range(0, len(order), micro):
+            raw = [window[o] for o in order[start : start + micro]]
+            yield collate_samples([decode_sample(r, self.cfg) for r in raw], self.cfg, self.tokenizer)
 
 
 class TrainLoader:
     """Iterable of one rank's batches for one epoch; ``len()`` is the batches still to come."""
 
-    def __init__(self, dataloader: DataLoader, num_batches: int, skip_batches: int) -> None:
+    def __init__(self, dataloader: DataLoader, plan: EpochPlan) -> None:
         self.dataloader = dataloader
-        self.num_batches = num_batches
-        self.skip_batches = min(skip_batches, num_batches)
+        self.plan = plan  # what each batch held: plan.consumed_after(batches) is the position after them
 
     def __len__(self) -> int:
-        return self.num_batches - self.skip_batches
+        return self.plan.batches_per_rank
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         produced = 0
@@ -351,56 +314,56 @@ def make_train_loader(
     micro_batch: int,
     seed: int,
     epoch: int = 0,
-    skip_batches: int = 0,
+    accumulation: int = 1,
+    consumed: Consumed | None = None,
     shards: list[str] | None = None,
-    total_samples: int | None = None,
+    counts: list[int] | None = None,
 ) -> TrainLoader:
-    """This rank's batches of one epoch; every rank gets the same number. ``shards`` / ``total_samples``
-    skip the listing / counting when the caller already has them (e.g. computed once on the driver)."""
+    """This rank's batches of what is left of one epoch (``consumed``: the saved position, see epoch_plan.py);
+    every rank gets the same number, a multiple of ``accumulation``. ``shards`` / ``counts`` skip the
+    listing / counting when the caller already has them (e.g. computed once on the driver)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
     split = cfg.train_split if "{" not in cfg.train_shards and not cfg.train_shards.endswith(".tar") else None
     shards = shards if shards is not None else list_shards(cfg.train_shards, cfg.s3_endpoint, split)
-    readers = max(1, cfg.loader_workers)
-    if cfg.split_by_node and len(shards) < world_size * readers:
-        raise ValueError(
-            f"{len(shards)} training shard(s) at {cfg.train_shards!r} but world_size x data.loader_workers = "
-            f"{world_size} x {readers} = {world_size * readers} readers each need their own shard; "
-            "write smaller shards (shards.shard_max_samples), use fewer loader workers, "
-            "or set data.split_by_node=false"
+    counts = counts if counts is not None else shard_counts(shards, cfg.s3_endpoint)
+    total = sum(counts)
+    if cfg.epoch_samples > total:
+        log.warning(
+            "data.epoch_samples=%d but the training shards hold %d samples: one pass is the epoch",
+            cfg.epoch_samples,
+            total,
         )
-    if cfg.epoch_samples:
-        total = cfg.epoch_samples
-    else:
-        total = total_samples if total_samples is not None else count_samples(shards, cfg.s3_endpoint)
-    num_batches = total // (world_size * micro_batch)
-    if num_batches == 0:
-        raise ValueError(
-            f"{total} samples per epoch cannot fill one batch of {micro_batch} on each of {world_size} ranks"
-        )
-    dataset = _TrainStream(
+    plan = EpochPlan(
         shards,
-        cfg,
-        tokenizer,
-        rank=rank,
-        world_size=world_size,
-        micro_batch=micro_batch,
+        counts,
         seed=seed,
         epoch=epoch,
-        num_batches=num_batches,
-        skip_batches=min(skip_batches, num_batches),
+        world_size=world_size,
+        readers=max(1, cfg.loader_workers),
+        micro_batch=micro_batch,
+        accumulation=accumulation,
+        consumed=consumed,
+        epoch_samples=cfg.epoch_samples,
+        shuffle_window=cfg.shuffle_buffer,
     )
+    if plan.steps == 0 and not consumed:
+        epoch_size = min(total, cfg.epoch_samples or total)
+        raise ValueError(
+            f"{epoch_size} samples per epoch cannot fill one step of {world_size} ranks x {micro_batch} x "
+            f"{accumulation} micro-batches"
+        )
     dataloader = DataLoader(
-        dataset,
+        _TrainStream(plan, rank, cfg, tokenizer),
         batch_size=None,  # the stream batches itself, so batch b comes from worker b % workers
         num_workers=cfg.loader_workers,
         prefetch_factor=2 if cfg.loader_workers > 0 else None,
         persistent_workers=False,
         in_order=True,
     )
-    return TrainLoader(dataloader, num_batches, skip_batches)
+    return TrainLoader(dataloader, plan)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
