@@ -132,9 +132,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
             loader_full = time_loader(cfg, tokenizer, args.micro_batch, args.batches)
             start = time.perf_counter()
             fresh = make_train_loader(cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0)
-            position = fresh.plan.consumed_after(args.batches)
+            position = fresh.plan.position_after(args.batches)
             skipped = make_train_loader(
-                cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0, consumed=position
+                cfg, tokenizer, rank=0, world_size=1, micro_batch=args.micro_batch, seed=0, position=position
             )
             next(iter(skipped))
             skip_time = time.perf_counter() - start

@@ -5,7 +5,8 @@ Fault-tolerance tests need to see and steer real workers from outside Ray:
 * ``MMCLIP_TEST_PID_DIR``: every worker appends one JSON line per event to ``<dir>/rank<r>.jsonl``:
   ``{"event": "start"|"step", "rank", "pid", "node_id", "step", "time"}`` ("start" carries the step the
   worker resumed from), so a test can SIGKILL a worker by PID and check which node each rank ran on.
-  With it, ``<dir>/keys_rank<r>.jsonl`` gets ``{"step", "world_size", "keys"}`` per step: the samples trained on.
+  With it, ``<dir>/keys_rank<r>.jsonl`` gets ``{"step", "rank", "world_size", "pid", "time", "keys"}`` per step:
+  the samples the rank trained on (``read_step_keys`` keeps, per step, the run of it that counted).
 * ``MMCLIP_TEST_STEP_SLEEP``: seconds to sleep after each step, so a test can act while a run is mid-way.
 * ``MMCLIP_TEST_STOP_AFTER_STEP``: end the job after this step's checkpoint, without the export, as if it
   were preempted; ``--resume`` then continues it with the same ``train.max_steps`` (same lr schedule).
@@ -46,7 +47,15 @@ class StepHooks:
             return
         import ray.train
 
-        line = {"step": step, "world_size": ray.train.get_context().get_world_size(), "keys": keys}
+        world = ray.train.get_context().get_world_size()
+        line = {
+            "step": step,
+            "rank": self.rank,
+            "world_size": world,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "keys": keys,
+        }
         with (self.log_path.parent / f"keys_rank{self.rank}.jsonl").open("a") as handle:
             handle.write(json.dumps(line) + "\n")
 
@@ -82,3 +91,24 @@ def read_events(pid_dir: str | Path, rank: int) -> list[dict]:
         return []
     lines = path.read_text().splitlines(keepends=True)
     return [json.loads(line) for line in lines if line.endswith("\n")]
+
+
+def read_step_keys(pid_dir: str | Path) -> dict[int, dict]:
+    """``{step: {"world_size", "keys", "runs"}}`` from every rank's key log: per step, the keys of its last run
+    (a step re-done after a restore was first run by workers that died before its checkpoint); ``runs`` counts
+    how often the step was run."""
+    entries = [
+        json.loads(line)
+        for path in sorted(Path(pid_dir).glob("keys_rank*.jsonl"))
+        for line in path.read_text().splitlines(keepends=True)
+        if line.endswith("\n")
+    ]
+    out: dict[int, dict] = {}
+    for step in sorted({e["step"] for e in entries}):
+        ran = sorted((e for e in entries if e["step"] == step), key=lambda e: e["time"])
+        world = ran[-1]["world_size"]
+        last = ran[-world:]  # the final run of the step: one entry per rank of that worker group
+        if sorted(e["rank"] for e in last) != list(range(world)):
+            raise AssertionError(f"step {step}: its last run is not one entry per rank: {last}")
+        out[step] = {"world_size": world, "keys": [k for e in last for k in e["keys"]], "runs": len(ran) / world}
+    return out

@@ -240,6 +240,15 @@ class LocalRayCluster:
         self._spawn(argv, f"node{index}")
 
     def _wait_for_nodes(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self._gcs_accepts():
+            self._check_launchers()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"head GCS not up on {self.address}; logs in {self.temp_root}")
+            time.sleep(0.3)
+        self._wait_alive(len(self.cpus_per_node), max(5.0, deadline - time.monotonic()))
+
+    def _wait_alive(self, count: int, timeout_s: float) -> None:
         # Ask the GCS through a driver subprocess with the cluster's env: this process may have
         # imported ray already with other settings (auth, node IP).
         script = (
@@ -252,19 +261,12 @@ class LocalRayCluster:
             "    time.sleep(0.5)\n"
             "sys.exit(f'only {n} of {sys.argv[1]} nodes alive')\n"
         )
-        deadline = time.monotonic() + self.start_timeout_s
-        while not self._gcs_accepts():
-            self._check_launchers()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"head GCS not up on {self.address}; logs in {self.temp_root}")
-            time.sleep(0.3)
-        left = max(5.0, deadline - time.monotonic())
         res = subprocess.run(
-            [sys.executable, "-c", script, str(len(self.cpus_per_node)), str(left)],
+            [sys.executable, "-c", script, str(count), str(timeout_s)],
             env={**os.environ, **self.env()},
             capture_output=True,
             text=True,
-            timeout=left + 30,
+            timeout=timeout_s + 30,
         )
         self._check_launchers()
         if res.returncode != 0:
@@ -319,6 +321,19 @@ class LocalRayCluster:
             except psutil.NoSuchProcess:
                 continue
         raise RuntimeError(f"node {index} has no live raylet")
+
+    def restart_node(self, index: int, timeout_s: float = 120.0) -> None:
+        """Start worker node ``index`` again after it was killed (capacity returning, as on a cloud cluster):
+        a new node with the same CPUs and ``node_<index>`` resource; returns once the GCS sees it alive."""
+        if index == 0:
+            raise ValueError("the head node cannot be restarted")
+        try:  # a node whose raylet was killed takes its launcher down within a second or two
+            self._launchers[index].wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"node {index} is still running; kill_node({index}) first") from None
+        self._start_worker_node(index)
+        self._launchers[index] = self._launchers.pop()
+        self._wait_alive(len(self.cpus_per_node), timeout_s)
 
     def _own_processes(self) -> list[psutil.Process]:
         procs = {pid: p for pid, p in self._seen.items() if p.is_running()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 import ray.train
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from mmclip_dist.config import Config
+from mmclip_dist.data.stream.epoch_plan import DataPosition
 from mmclip_dist.losses.distributed import mean_across_ranks
 from mmclip_dist.tracking import RunLogger
 from mmclip_dist.train.callbacks import load_step_callback
@@ -51,7 +53,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     state = restored or TrainState(mlflow_run_id=loop_config["mlflow_run_id"])
     logger = RunLogger(loop_config["tracking_uri"], state.mlflow_run_id, enabled=rank == 0)
     tokenizer = load_tokenizer(cfg.model)
-    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, state.consumed)
+    steps = step_stream(cfg, tokenizer, rank, world, state.epoch, DataPosition(**state.data_position))
     cache = FeatureCache(MMCLIPLoss(cfg.loss), engine.module)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     device = engine.device
@@ -74,7 +76,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         terms = cache.step(micro_batches, forward=engine, backward=backward_and_step)
         done = time.perf_counter()
         state.step += 1
-        state.epoch, state.consumed, state.world_size = batch.epoch, batch.consumed, world
+        state.epoch, state.data_position, state.world_size = batch.epoch, asdict(batch.position), world
         state.samples_seen += cfg.train.global_batch
         metrics = mean_across_ranks(terms) | {
             "lr": engine.get_lr()[0],

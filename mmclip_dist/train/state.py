@@ -23,7 +23,6 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from mmclip_dist.data.stream.epoch_plan import Consumed
 from mmclip_dist.rng import get_rng_state, set_rng_state
 
 STATE_FILE = "train_state.json"
@@ -37,7 +36,7 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    consumed: Consumed = field(default_factory=dict)  # samples of each shard used in ``epoch`` (epoch_plan.py)
+    data_position: dict[str, Any] = field(default_factory=dict)  # epoch_plan.DataPosition of ``epoch``, as a dict
     mlflow_run_id: str = ""
     samples_seen: int = 0
     world_size: int = 0  # ranks that wrote the checkpoint (a restore on another count is a resize)
@@ -134,6 +133,15 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
     partitioned = _zero_partitioned(engine)
     optimizer = _basic_optimizer(engine)
     step = payload["adam_step"]
+    # AdamW creates its state at the first step; a restore comes before it, so create it here (zeros, then
+    # overwritten below) and let DeepSpeed link its per-parameter views into the flat ZeRO partitions.
+    for group in optimizer.param_groups:
+        for flat in group["params"]:
+            if not optimizer.state.get(flat):
+                optimizer.state[flat] = {"step": torch.tensor(0.0)} | {k: torch.zeros_like(flat) for k in MOMENTS}
+    link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
     for name, param in trainable:
         entry = tensors[name]
         if partitioned:
@@ -147,11 +155,9 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
                     param.data.copy_(entry["param"].reshape(param.shape).to(param.dtype))
         else:
             param.data.copy_(entry["param"].to(param.dtype))
-            if step and all(key in entry for key in MOMENTS):
-                optimizer.state[param] = {
-                    "step": torch.tensor(float(step)),
-                    **{key: entry[key].to(param.device).clone() for key in MOMENTS},
-                }
+            for key in MOMENTS:
+                if key in entry:
+                    optimizer.state[param][key].copy_(entry[key])
     for value in optimizer.state.values():  # ZeRO keeps one state per flat partition
         if "step" in value:
             value["step"] = torch.tensor(float(step)) if isinstance(value["step"], torch.Tensor) else step

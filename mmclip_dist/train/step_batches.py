@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmclip_dist.config import Config, accumulation_steps
-from mmclip_dist.data.stream.epoch_plan import Consumed
+from mmclip_dist.data.stream.epoch_plan import DataPosition
 from mmclip_dist.data.stream.loader import make_train_loader
 
 
@@ -17,11 +17,11 @@ class StepBatches:
 
     micro_batches: list[dict[str, Any]]
     epoch: int
-    consumed: Consumed
+    position: DataPosition
 
 
 def step_stream(
-    cfg: Config, tokenizer: Any, rank: int, world_size: int, epoch: int, consumed: Consumed
+    cfg: Config, tokenizer: Any, rank: int, world_size: int, epoch: int, position: DataPosition | None
 ) -> Iterator[StepBatches]:
     """Yield ``accumulation_steps`` micro-batches at a time, forever, starting at a saved position.
 
@@ -39,12 +39,12 @@ def step_stream(
             seed=cfg.train.seed,
             epoch=epoch,
             accumulation=accumulation,
-            consumed=consumed,
+            position=position,
         )
         pending: list[dict[str, Any]] = []
-        for done, batch in enumerate(loader, start=1):
+        for done, batch in enumerate(loader, start=loader.skip + 1):
             pending.append(batch)
             if len(pending) == accumulation:
-                yield StepBatches(pending, epoch, loader.plan.consumed_after(done))
+                yield StepBatches(pending, epoch, loader.plan.position_after(done))
                 pending = []
-        epoch, consumed = epoch + 1, {}
+        epoch, position = epoch + 1, None

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mmclip_dist.data.stream.epoch_plan import EpochPlan, add_interval, epoch_order, share
+from mmclip_dist.data.stream.epoch_plan import EpochPlan, add_interval, epoch_order, resume_plan, share
 
 SHARDS = [f"s3://b/train-{i:06d}.tar" for i in range(5)]
 COUNTS = [7, 13, 4, 11, 9]  # 44 samples, uneven
@@ -102,6 +102,18 @@ def test_shuffle_window_permutes_within_windows_only() -> None:
     # a checkpoint inside a window records the scattered samples trained on so far
     after = mixed.consumed_after(3)
     assert {(k, i) for k, v in after.items() for a, b in v for i in range(a, b)} == set(shuffled[:6])
+
+
+def test_resume_continues_the_saved_plan_on_the_same_shape_and_resplits_otherwise() -> None:
+    args = dict(seed=3, epoch=0, micro_batch=2, shuffle_window=5)
+    first = EpochPlan(SHARDS, COUNTS, world_size=2, readers=3, accumulation=2, **args)
+    position = first.position_after(4)
+    same, skip = resume_plan(SHARDS, COUNTS, position, world_size=2, readers=3, accumulation=2, **args)
+    assert skip == 4 and same.lane_start == first.lane_start and same.remaining == first.remaining
+    other, skip = resume_plan(SHARDS, COUNTS, position, world_size=1, readers=3, accumulation=4, **args)
+    assert skip == 0 and other.base == position.consumed
+    fresh, skip = resume_plan(SHARDS, COUNTS, None, world_size=1, readers=1, accumulation=4, **args)
+    assert skip == 0 and fresh.base == {}
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only() -> None:

@@ -305,10 +305,13 @@ def test_train_stream_invariants(tmp_path: Path) -> None:
     assert train_keys(tmp_path, rank=1) == ranks[1]
     assert train_keys(tmp_path, rank=1, epoch=1) != ranks[1]
     # resume at another world size from the position after 2 batches per rank: the rest, exactly once
-    position = loader.plan.consumed_after(2)
     first = [key for k in ranks for b in k[:2] for key in b]
-    rest = train_keys(tmp_path, rank=0, world=1, workers=1, consumed=position)
+    rest = train_keys(tmp_path, rank=0, world=1, workers=1, position=loader.plan.position_after(2))
     assert sorted(first + [key for b in rest for key in b]) == sorted(flat)
+    # resume on the same shape after s batches (mid-window too): exactly the uninterrupted tail, batch for batch
+    for skip in (1, 3, 6):
+        resumed = train_keys(tmp_path, rank=1, position=loader.plan.position_after(skip))
+        assert resumed == ranks[1][skip:], skip
 
 
 def test_train_epoch_samples_and_in_process_reader(tmp_path: Path) -> None:

@@ -18,10 +18,23 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 Intervals = list[list[int]]  # sorted, disjoint, non-adjacent [start, end) pairs
 Consumed = dict[str, Intervals]
+
+
+@dataclass
+class DataPosition:
+    """Where an epoch stands. ``consumed`` (per shard) is what any world size resumes from; ``plan_*`` name the
+    plan that got there, so a restart on the same shape continues that plan batch for batch (bit-identical to
+    an uninterrupted run) instead of re-splitting what is left."""
+
+    consumed: Consumed = field(default_factory=dict)
+    plan_base: Consumed = field(default_factory=dict)
+    plan_shape: list[int] = field(default_factory=list)  # world size, readers, micro-batch, accumulation, window
+    plan_batches: int = 0  # micro-batches per rank of that plan already trained on
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,14 @@ class EpochPlan:
                 self.lane_start[rank, k] = offset
                 offset += share(self.batches_per_rank, readers, k) * micro_batch
 
+    @property
+    def shape(self) -> list[int]:
+        return [self.world_size, self.readers, self.micro_batch, self.accumulation, self.window]
+
+    def position_after(self, batches: int) -> DataPosition:
+        """The data position once every rank has trained on its first ``batches`` micro-batches of this plan."""
+        return DataPosition(self.consumed_after(batches), self.base, self.shape, batches)
+
     def _append(self, shard: str, start: int, end: int) -> None:
         if end > start:
             self.remaining.append(Segment(shard, start, end))
@@ -179,3 +200,15 @@ class EpochPlan:
             for shard, a, b in positions:
                 out[shard] = add_interval(out.get(shard, []), a, b)
         return out
+
+
+def resume_plan(
+    shards: Sequence[str], counts: Sequence[int], position: DataPosition | None, **plan: Any
+) -> tuple[EpochPlan, int]:
+    """The plan to continue ``position`` with and how many of its micro-batches per rank are already done:
+    the saved plan itself when this start has its shape, else a new split of what is left (a resize)."""
+    position = position or DataPosition()
+    same = EpochPlan(shards, counts, consumed=position.plan_base, **plan) if position.plan_shape else None
+    if same is not None and same.shape == position.plan_shape:
+        return same, position.plan_batches
+    return EpochPlan(shards, counts, consumed=position.consumed, **plan), 0

@@ -31,7 +31,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from mmclip_dist.config import DataConfig
 from mmclip_dist.data.shard_format import MANIFEST, SHARD_NAME, VIEWS, image_file, mask_file, sidecar_name
 from mmclip_dist.data.storage import Storage, open_storage, open_url, split_url
-from mmclip_dist.data.stream.epoch_plan import Consumed, EpochPlan
+from mmclip_dist.data.stream.epoch_plan import DataPosition, EpochPlan, resume_plan, share
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +243,8 @@ class _TrainStream(IterableDataset):
     """One rank's stream; DataLoader worker k reads lane (rank, k) of the epoch plan, so batch b comes from
     worker b % readers (the DataLoader's in-order round robin) and the plan knows what every batch held."""
 
-    def __init__(self, plan: EpochPlan, rank: int, cfg: DataConfig, tokenizer: Any) -> None:
-        self.plan, self.rank, self.cfg, self.tokenizer = plan, rank, cfg, tokenizer
+    def __init__(self, plan: EpochPlan, skip: int, rank: int, cfg: DataConfig, tokenizer: Any) -> None:
+        self.plan, self.skip, self.rank, self.cfg, self.tokenizer = plan, skip, rank, cfg, tokenizer
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -252,18 +252,22 @@ class _TrainStream(IterableDataset):
         if info is not None and info.num_workers != self.plan.readers:
             raise RuntimeError(f"DataLoader has {info.num_workers} workers, stream was planned for {self.plan.readers}")
         plan = self.plan
+        # The DataLoader takes its k-th batch from worker k % readers; after skipping s batches of the plan,
+        # batch s + k belongs to lane (s + k) % readers, so worker w plays lane (w + s) % readers.
+        lane = (worker + self.skip) % plan.readers
+        skip = share(self.skip, plan.readers, lane) * plan.micro_batch  # samples of the lane already trained on
         window: list[dict[str, Any]] = []
         index = 0
-        for raw in self._lane_samples(worker):
+        for raw in self._lane_samples(lane):
             window.append(raw)
             if len(window) == plan.window:
-                yield from self._batches(worker, index, window)
-                window, index = [], index + 1
+                yield from self._batches(lane, index, window, skip)
+                window, index, skip = [], index + 1, max(0, skip - plan.window)
         if window:
-            yield from self._batches(worker, index, window)
+            yield from self._batches(lane, index, window, skip)
 
-    def _lane_samples(self, worker: int) -> Iterator[dict[str, Any]]:
-        for segment in self.plan.lane(self.rank, worker):
+    def _lane_samples(self, lane: int) -> Iterator[dict[str, Any]]:
+        for segment in self.plan.lane(self.rank, lane):
             taken = 0
             for index, raw in enumerate(iter_shard(segment.shard, self.cfg.s3_endpoint)):
                 if index < segment.start:
@@ -277,10 +281,10 @@ class _TrainStream(IterableDataset):
                     f"{segment.shard} gave {segment.start + taken} samples, its record says at least {segment.end}"
                 )
 
-    def _batches(self, worker: int, index: int, window: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        order = self.plan.window_order(self.rank, worker, index, len(window))
+    def _batches(self, lane: int, index: int, window: list[dict[str, Any]], skip: int) -> Iterator[dict[str, Any]]:
+        order = self.plan.window_order(self.rank, lane, index, len(window))
         micro = self.plan.micro_batch
-        for start in range(0, len(order), micro):
+        for start in range(min(skip, len(order)), len(order), micro):  # trained on before the restart: not decoded
             raw = [window[o] for o in order[start : start + micro]]
             yield collate_samples([decode_sample(r, self.cfg) for r in raw], self.cfg, self.tokenizer)
 
@@ -288,12 +292,13 @@ class _TrainStream(IterableDataset):
 class TrainLoader:
     """Iterable of one rank's batches for one epoch; ``len()`` is the batches still to come."""
 
-    def __init__(self, dataloader: DataLoader, plan: EpochPlan) -> None:
+    def __init__(self, dataloader: DataLoader, plan: EpochPlan, skip: int) -> None:
         self.dataloader = dataloader
-        self.plan = plan  # what each batch held: plan.consumed_after(batches) is the position after them
+        self.plan = plan  # what each batch held: plan.position_after(skip + batches) is where they leave the epoch
+        self.skip = skip
 
     def __len__(self) -> int:
-        return self.plan.batches_per_rank
+        return self.plan.batches_per_rank - self.skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         produced = 0
@@ -315,11 +320,11 @@ def make_train_loader(
     seed: int,
     epoch: int = 0,
     accumulation: int = 1,
-    consumed: Consumed | None = None,
+    position: DataPosition | None = None,
     shards: list[str] | None = None,
     counts: list[int] | None = None,
 ) -> TrainLoader:
-    """This rank's batches of what is left of one epoch (``consumed``: the saved position, see epoch_plan.py);
+    """This rank's batches of what is left of one epoch (``position``: the saved one, see epoch_plan.py);
     every rank gets the same number, a multiple of ``accumulation``. ``shards`` / ``counts`` skip the
     listing / counting when the caller already has them (e.g. computed once on the driver)."""
     if not 0 <= rank < world_size:
@@ -336,34 +341,34 @@ def make_train_loader(
             cfg.epoch_samples,
             total,
         )
-    plan = EpochPlan(
+    plan, skip = resume_plan(
         shards,
         counts,
+        position,
         seed=seed,
         epoch=epoch,
         world_size=world_size,
         readers=max(1, cfg.loader_workers),
         micro_batch=micro_batch,
         accumulation=accumulation,
-        consumed=consumed,
         epoch_samples=cfg.epoch_samples,
         shuffle_window=cfg.shuffle_buffer,
     )
-    if plan.steps == 0 and not consumed:
+    if plan.steps == 0 and not (position and position.consumed):
         epoch_size = min(total, cfg.epoch_samples or total)
         raise ValueError(
             f"{epoch_size} samples per epoch cannot fill one step of {world_size} ranks x {micro_batch} x "
             f"{accumulation} micro-batches"
         )
     dataloader = DataLoader(
-        _TrainStream(plan, rank, cfg, tokenizer),
+        _TrainStream(plan, skip, rank, cfg, tokenizer),
         batch_size=None,  # the stream batches itself, so batch b comes from worker b % workers
         num_workers=cfg.loader_workers,
         prefetch_factor=2 if cfg.loader_workers > 0 else None,
         persistent_workers=False,
         in_order=True,
     )
-    return TrainLoader(dataloader, plan)
+    return TrainLoader(dataloader, plan, skip)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
