@@ -144,7 +144,11 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
         link()
     for name, param in trainable:
         entry = tensors[name]
-        if partitioned:
+        if hasattr(param, "ds_id"):  # ZeRO-3
+            for key in (None, *MOMENTS):
+                if key is None or key in entry:
+                    _set_zero3_partition(param, entry["param" if key is None else key], key)
+        elif partitioned:
             safe_set_full_fp32_param(param, entry["param"].to(engine.device))
             for key in MOMENTS:
                 if key in entry:
@@ -168,3 +172,15 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
         buffers[name].copy_(value)
     engine.global_steps = payload["global_steps"]
     engine.global_samples = payload["global_samples"]
+
+
+def _set_zero3_partition(param: Any, value: torch.Tensor, key: str | None) -> None:
+    """This rank's slice of a full fp32 tensor into ZeRO-3's partition of ``param`` (``key`` None: the master
+    weights). DeepSpeed's ``safe_set_full_*`` slices the unpadded tensor, which fails for the last rank when the
+    parameter's size is not a multiple of the world size; the partitions are padded, so pad first."""
+    optimizer = param._z3_optimizer
+    part, _ = optimizer._get_fp32_opt_state_partition(param, release_swap_buffers=False, optim_state_key=key)
+    size, rank = part.numel(), optimizer._get_param_partition_rank(param)
+    padded = torch.zeros(size * optimizer._get_param_partition_world_size(param), dtype=part.dtype)
+    padded[: value.numel()] = value.flatten().to(part.dtype)
+    part.data.copy_(padded.narrow(0, size * rank, size).to(part.device))
