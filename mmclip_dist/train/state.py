@@ -167,6 +167,10 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
             value["step"] = torch.tensor(float(step)) if isinstance(value["step"], torch.Tensor) else step
     if payload["lr_scheduler"] is not None:
         engine.lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        # The scheduler writes an lr into the optimizer only when it steps; the next step must already use the
+        # restored one (DeepSpeed's own checkpoints carry it in the optimizer's param_groups instead).
+        for group, lr in zip(optimizer.param_groups, engine.lr_scheduler.get_lr(), strict=True):
+            group["lr"] = lr
     buffers = dict(engine.module.named_buffers())
     for name, value in payload["buffers"].items():
         buffers[name].copy_(value)
