@@ -137,8 +137,10 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
     # overwritten below) and let DeepSpeed link its per-parameter views into the flat ZeRO partitions.
     for group in optimizer.param_groups:
         for flat in group["params"]:
-            if not optimizer.state.get(flat):
-                optimizer.state[flat] = {"step": torch.tensor(0.0)} | {k: torch.zeros_like(flat) for k in MOMENTS}
+            entry = optimizer.state[flat]  # ZeRO-3 may have put an entry without the moments there already
+            entry.setdefault("step", torch.tensor(0.0))
+            for key in MOMENTS:
+                entry.setdefault(key, torch.zeros_like(flat))
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
