@@ -85,7 +85,7 @@ def relative_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(4000)
 @pytest.mark.parametrize("zero_stage", [1, 3])
 def test_resized_run_matches_the_uninterrupted_one(
     train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path, zero_stage: int
@@ -93,16 +93,22 @@ def test_resized_run_matches_the_uninterrupted_one(
     no_dropout_encoder(train_assets, tmp_path / "encoder")
     stage = [f"train.zero_stage={zero_stage}"]
     env = ray_node.env()
-    run_train(exact_config(train_assets, tmp_path / "reference", 1, stage), tmp_path / "reference", env)
+    run_train(exact_config(train_assets, tmp_path / "reference", 1, stage), tmp_path / "reference", env, timeout=900)
     reference = state_dict_of(tmp_path / "reference" / "model")
 
     finals = {}
     for before, after in ((2, 1), (1, 2)):
         work = tmp_path / f"{before}to{after}"
-        run_train(exact_config(train_assets, work, before, stage), work, {**env, STOP_AFTER_ENV: "2"}, name="first")
+        run_train(
+            exact_config(train_assets, work, before, stage),
+            work,
+            {**env, STOP_AFTER_ENV: "2"},
+            name="first",
+            timeout=900,
+        )
         checkpoint = checkpoint_dirs(work / "runs" / "exact")[-1]
         assert read_json(checkpoint / STATE_FILE)["world_size"] == before
-        run_train(exact_config(train_assets, work, after, stage), work, env, name="second", resume=True)
+        run_train(exact_config(train_assets, work, after, stage), work, env, name="second", resume=True, timeout=900)
         finals[before, after] = state_dict_of(work / "model")
         worst = max(relative_differences(finals[before, after], reference).values())
         assert worst < 1e-5, f"{before} -> {after} ranks: weights differ by {worst:.2e} (relative)"
@@ -110,7 +116,7 @@ def test_resized_run_matches_the_uninterrupted_one(
     # The comparison above catches an optimizer reset: the same resize with the AdamW moments and step of the
     # checkpoint zeroed (what a restore that dropped the optimizer state would train from) ends elsewhere.
     work = tmp_path / "reset"
-    run_train(exact_config(train_assets, work, 2, stage), work, {**env, STOP_AFTER_ENV: "2"}, name="first")
+    run_train(exact_config(train_assets, work, 2, stage), work, {**env, STOP_AFTER_ENV: "2"}, name="first", timeout=900)
     checkpoint = checkpoint_dirs(work / "runs" / "exact")[-1]
     payload = torch.load(checkpoint / TENSORS_FILE, weights_only=False)
     assert payload["adam_step"] == 2
@@ -120,7 +126,7 @@ def test_resized_run_matches_the_uninterrupted_one(
             entry[key].zero_()
     payload["adam_step"] = 0
     torch.save(payload, checkpoint / TENSORS_FILE)
-    run_train(exact_config(train_assets, work, 1, stage), work, env, name="second", resume=True)
+    run_train(exact_config(train_assets, work, 1, stage), work, env, name="second", resume=True, timeout=900)
     worst = max(relative_differences(state_dict_of(work / "model"), reference).values())
     assert worst > 1e-3, f"a reset optimizer state went unnoticed ({worst:.2e})"
 
@@ -140,7 +146,7 @@ def assert_each_epoch_once(steps: dict[int, dict], train_samples: int, global_ba
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2700)
 def test_every_sample_once_per_epoch_across_two_resizes(
     train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
 ) -> None:
@@ -159,7 +165,14 @@ def test_every_sample_once_per_epoch_across_two_resizes(
                 "train.run_name=once",
             ],
         )
-        run_train(cfg, tmp_path, {**env, **({STOP_AFTER_ENV: stop} if stop else {})}, name=f"leg{leg}", resume=leg > 0)
+        run_train(
+            cfg,
+            tmp_path,
+            {**env, **({STOP_AFTER_ENV: stop} if stop else {})},
+            name=f"leg{leg}",
+            resume=leg > 0,
+            timeout=900,
+        )
     steps = read_step_keys(keys)
     assert sorted(steps) == list(range(1, total + 1))
     assert [steps[s]["world_size"] for s in sorted(steps)] == [2, 2, 1, 1, 1, 2, 2, 2]
