@@ -135,12 +135,14 @@ def load_full_state(engine: Any, payload: dict[str, Any]) -> None:
     step = payload["adam_step"]
     # AdamW creates its state at the first step; a restore comes before it, so create it here (zeros, then
     # overwritten below) and let DeepSpeed link its per-parameter views into the flat ZeRO partitions.
-    for group in optimizer.param_groups:
-        for flat in group["params"]:
-            entry = optimizer.state[flat]  # ZeRO-3 may have put an entry without the moments there already
-            entry.setdefault("step", torch.tensor(0.0))
-            for key in MOMENTS:
-                entry.setdefault(key, torch.zeros_like(flat))
+    flats = [p for group in optimizer.param_groups for p in group["params"]]
+    # ZeRO-3 hands its fp32 partitions to the optimizer one sub-group at a time, only inside step().
+    flats += list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))
+    for flat in {id(f): f for f in flats}.values():
+        entry = optimizer.state[flat]
+        entry.setdefault("step", torch.tensor(0.0))
+        for key in MOMENTS:
+            entry.setdefault(key, torch.zeros_like(flat))
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
