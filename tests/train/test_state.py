@@ -55,8 +55,13 @@ print("WORST", worst)
 """
 
 
+ZERO3_OPEN = pytest.mark.xfail(
+    strict=True, reason="open: the ZeRO-3 restore drifts (~1e-2 after two steps); see the issue-17 report"
+)
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, pytest.param(3, marks=ZERO3_OPEN)])
 def test_full_state_restore_continues_training_exactly(zero_stage: int) -> None:
     (port,) = free_loopback_ports(1)
     result = subprocess.run(
