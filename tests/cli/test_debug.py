@@ -41,6 +41,7 @@ def test_debug_pipeline_logs_every_loss_term_and_eval_metrics(tmp_path: Path) ->
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
     assert "zero-shot AUC" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    assert "cue AUCs         box_area" in done.stdout
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mmclip-debug")
