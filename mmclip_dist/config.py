@@ -103,6 +103,12 @@ class ModelConfig(_Section):
     tokenizer: str = Field("", description="tokenizer hub id or folder; empty uses text_encoder")
     embed_dim: int = Field(512, description="dimension of the shared image-text embedding space")
     roi_output_size: int = Field(7, description="RoIAlign output grid (square)")
+    roi_levels: list[int] = Field(
+        [32], description="backbone strides RoIAlign reads (multi-scale, e.g. [8, 16, 32]); [32]: last map only"
+    )
+    roi_pooling: Literal["mean", "flatten"] = Field(
+        "mean", description="RoI grid into the RoI MLP: averaged, or kept spatial (flattened)"
+    )
     roi_match_dim: int = Field(256, description="width of the cross-modal RoI matching attention (Eq. 5, L)")
     roi_match_heads: int = Field(8, description="attention heads of the RoI matching module")
     dropout: float = Field(0.1, description="dropout in the projection heads")

@@ -71,6 +71,8 @@ class MMCLIP(nn.Module):
             roi_output_size=cfg.roi_output_size,
             dropout=cfg.dropout,
             weights=cfg.backbone_weights,
+            roi_levels=cfg.roi_levels,
+            roi_pooling=cfg.roi_pooling,
         )
         self.region_focus = RegionFocus(3, mean=self.visual.mean, std=self.visual.std)
         self.text = text_encoder
