@@ -142,7 +142,11 @@ class TrainConfig(_Section):
     micro_batch: int = Field(8, description="breasts per worker per forward pass")
     global_batch: int = Field(16, description="contrastive batch = workers x micro_batch x accumulation")
     max_steps: int = Field(100, description="optimizer steps to run")
-    lr: float = Field(1e-6, description="peak AdamW learning rate")
+    lr: float = Field(1e-6, description="peak AdamW lr for lr_reference_batch samples (the paper: 1e-6 per 16)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="how lr scales to global_batch: none, linear or sqrt of global_batch / lr_reference_batch"
+    )
+    lr_reference_batch: int = Field(16, description="global batch that train.lr is stated for")
     weight_decay: float = Field(1e-5, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (the paper's 'momentum 0.9')")
     warmup_steps: int = Field(10, description="linear warm-up steps before cosine decay")
@@ -165,7 +169,17 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
         accumulation_steps(self.global_batch, self.num_workers, self.micro_batch)
+        if self.lr_reference_batch < 1:
+            raise ValueError(f"train.lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
         return self
+
+
+def scaled_lr(train: TrainConfig) -> float:
+    """The peak lr the optimizer gets: ``train.lr`` is stated for ``train.lr_reference_batch`` samples (the
+    paper's 16) and scaled to ``train.global_batch`` by ``train.lr_scaling`` (none / linear / sqrt)."""
+    ratio = train.global_batch / train.lr_reference_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[train.lr_scaling]
+    return train.lr * factor
 
 
 def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> int:
