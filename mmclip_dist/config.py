@@ -109,6 +109,9 @@ class ModelConfig(_Section):
     roi_pooling: Literal["mean", "flatten"] = Field(
         "mean", description="RoI grid into the RoI MLP: averaged, or kept spatial (flattened)"
     )
+    roi_level_dim: int = Field(
+        0, description="per-level 1x1 projection width of the RoI grids before concatenation; 0: raw channels"
+    )
     roi_match_dim: int = Field(256, description="width of the cross-modal RoI matching attention (Eq. 5, L)")
     roi_match_heads: int = Field(8, description="attention heads of the RoI matching module")
     dropout: float = Field(0.1, description="dropout in the projection heads")

@@ -86,6 +86,7 @@ def _visual(cfg: ModelConfig, weights: str) -> VisualEncoder:
     return VisualEncoder(
         cfg.backbone, embed_dim=cfg.embed_dim, roi_dim=cfg.roi_match_dim, roi_output_size=cfg.roi_output_size,
         dropout=cfg.dropout, weights=weights, roi_levels=cfg.roi_levels, roi_pooling=cfg.roi_pooling,
+        roi_level_dim=cfg.roi_level_dim,
     )  # fmt: skip
 
 

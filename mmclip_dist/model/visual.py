@@ -76,6 +76,7 @@ class VisualEncoder(nn.Module):
         weights: str = "",
         roi_levels: Sequence[int] = (32,),
         roi_pooling: str = "mean",
+        roi_level_dim: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = create_backbone(backbone, weights)
@@ -94,7 +95,15 @@ class VisualEncoder(nn.Module):
         self.roi_strides = [strides[i] for i in self.roi_levels]
         self.roi_output_size = roi_output_size
         self.roi_pooling = roi_pooling
-        roi_channels = sum(channels[i] for i in self.roi_levels)
+        # Optional per-level 1x1 projection to a common width, applied to the RoI grids (a 1x1 conv commutes
+        # with RoIAlign's bilinear sampling, so this equals projecting the maps, at a fraction of the cost).
+        # It keeps a flattened multi-level grid small for wide backbones (ResNet-50's 3,584 channels).
+        self.roi_lateral = nn.ModuleList(
+            nn.Conv2d(channels[i], roi_level_dim, kernel_size=1) for i in self.roi_levels if roi_level_dim > 0
+        )
+        roi_channels = (
+            roi_level_dim * len(self.roi_levels) if roi_level_dim > 0 else sum(channels[i] for i in self.roi_levels)
+        )
         self.roi_in_dim = roi_channels * (roi_output_size**2 if roi_pooling == "flatten" else 1)
         cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
         # The input normalisation the backbone was (pre)trained with; RegionFocus starts from it.
@@ -127,6 +136,8 @@ class VisualEncoder(nn.Module):
             _roi_align_fp32(fmap, box_list, self.roi_output_size, 1.0 / stride)
             for fmap, stride in zip(maps, self.roi_strides, strict=True)
         ]
+        if len(self.roi_lateral):
+            grids = [proj(g) for proj, g in zip(self.roi_lateral, grids, strict=True)]
         pooled = torch.cat(grids, dim=1)
         pooled = pooled.flatten(1) if self.roi_pooling == "flatten" else pooled.mean(dim=(2, 3))
         return pooled.view(n, r, -1)

@@ -84,6 +84,16 @@ def test_multiscale_roi_sees_a_lesion_smaller_than_a_stride32_cell() -> None:
     assert change[0, 0].sum() > 100 * change[0, 1].sum()
 
 
+def test_level_projection_keeps_a_flattened_grid_small() -> None:
+    enc = VisualEncoder("resnet50", embed_dim=8, roi_dim=6, roi_output_size=7, roi_levels=(8, 16, 32),
+                        roi_pooling="flatten", roi_level_dim=64).eval()  # fmt: skip
+    assert enc.roi_in_dim == 3 * 64 * 49
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0]]])
+    with torch.no_grad():
+        _, roi = enc(torch.rand(1, 3, 64, 64), boxes, torch.ones(1, 1, dtype=torch.bool))
+    assert roi.shape == (1, 1, 6)
+
+
 def test_single_level_mean_pooling_is_the_original_head() -> None:
     enc = VisualEncoder("test_resnet", embed_dim=4, roi_dim=4, roi_output_size=7)
     assert enc.roi_strides == [32] and enc.roi_in_dim == enc.channels
