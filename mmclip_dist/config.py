@@ -215,8 +215,9 @@ class EvalConfig(_Section):
     mode: Literal["zeroshot", "linear", "finetune"] = Field(
         "linear", description="zero-shot prompts, linear probe on frozen features, or full visual fine-tune"
     )
-    features: Literal["backbone", "embed"] = Field(
-        "backbone", description="probe features: pooled backbone map, or the global image embedding"
+    features: Literal["backbone", "embed", "roi"] = Field(
+        "backbone",
+        description="probe features: pooled backbone map, global image embedding, or mean RoI embedding of the boxes",
     )
     use_masks: bool = Field(
         True, description="feed the shards' lesion masks to Region Focus (false: zero masks, as for unannotated images)"
