@@ -1,13 +1,20 @@
 """Synthetic VinDr-Mammo look-alike: real DICOM files and CSVs in the exact VinDr v1.0.0 layout.
 
 Used by the debug mode and the tests, where the real dataset cannot be downloaded. Every breast has a
-ground-truth pathology, and benign and malignant lesions differ only in *shape and margin* (never in
-brightness), so a model that learns from these images has to look at the region, as MM-CLIP should:
+ground-truth pathology, and benign and malignant lesions differ only in *morphology*, so a model that
+learns from these images has to look at the region, as MM-CLIP should:
 
 * masses: benign = round/oval, smooth circumscribed margin; malignant = irregular outline, indistinct
   margin and spiculations radiating outwards;
 * calcifications: benign = a few round, uniform, scattered specks; malignant = many fine pleomorphic
-  and linear specks in a tight, branching cluster.
+  and linear specks along branching ducts.
+
+No scalar cue gives the label away: the finding's box measures the lesion *body* as BI-RADS sizes it
+(spicules may extend past it), and box area, the mean signal inside the box, calcified area, position
+and the mass/calcification mix are drawn from the same distributions for both classes. The generator
+measures each cue on the stored pixels of every lesion view (``synthetic_truth.json``, ``cues``) and
+reports the AUC of each alone (``cue_aucs``; ~0.5 = no shortcut). An earlier version boxed the
+spicules too, so box area alone separated the classes with AUC 0.80.
 
 A lesion lives at one hidden 3D position inside the breast, so it appears in both CC and MLO at
 consistent depths (MLO shows a different, oblique projection of the other two coordinates). Labels go
