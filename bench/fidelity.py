@@ -77,13 +77,8 @@ def main() -> int:
     print(f"data: {cfg.synthetic.num_patients} patients in {data_s:.0f} s; cue AUCs (each alone): {cues}", flush=True)
 
     variants = select_variants([v.strip() for v in args.variants.split(",") if v.strip()])
-    times: dict[str, float] = {}
-    last = time.perf_counter()
 
     def log(line: str) -> None:
-        nonlocal last
-        if line.startswith("[ablation"):
-            last = time.perf_counter()
         print(line, flush=True)
 
     result = run_ablation(cfg, ("zeroshot", "linear"), variants, log_fn=log)
