@@ -42,6 +42,8 @@ else
   PY=${PYTHON:-$(command -v python3 || command -v python)}
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+# A throw-away id salt for the synthetic bench data (a salt is a secret: environment, never a CLI override).
+export MMCLIP_ID_SALT=${MMCLIP_ID_SALT:-gpu-run-bench-salt-$(date -u +%s)}
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$REPO/.venv/torch_extensions}
 cli() { "$PY" -m mmclip_dist.cli.main "$@"; }
@@ -86,7 +88,7 @@ else
 fi
 OVERRIDES+=(
   "shards.image_size=$SIZE" "data.image_size=$SIZE"
-  shards.input=$WORK/vindr shards.output=$WORK/shards shards.salt=gpu-run
+  shards.input=$WORK/vindr shards.output=$WORK/shards
   data.train_shards=$WORK/shards data.eval_shards=$WORK/shards
   model.text_encoder=$WORK/text_encoder model.tokenizer= model.backbone_weights=
   train.num_workers=$WORKERS train.max_steps=$STEPS train.warmup_steps=$(( STEPS < 5 ? 1 : 5 ))

@@ -82,9 +82,15 @@ def check_writable(location: str, endpoint: str | None, what: str) -> None:
         check_reachable(endpoint or os.environ.get("AWS_ENDPOINT_URL", ""), f"the S3 endpoint of {what}")
         return
     folder = Path(location).expanduser()
+    # Probe the nearest folder that exists: creating the target here would leave, e.g., an empty export
+    # folder behind for a run that never exports.
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mmclip-write-check-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".mmclip-write-check-"):
             pass
     except OSError as err:
         raise UserError(f"{what}={location!r} is not writable ({err.strerror or err}); choose another folder") from err

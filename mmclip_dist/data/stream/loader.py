@@ -23,6 +23,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -398,29 +399,29 @@ def _resampled(
                 raise ValueError(f"every shard of this reader is empty: {shards}")
 
 
+@dataclass(frozen=True)
+class _RankPlan:
+    """Where one rank's stream stands: its place in the world, batch size, seed/epoch, batches to make and skip."""
+
+    rank: int
+    world_size: int
+    micro_batch: int
+    seed: int
+    epoch: int
+    num_batches: int
+    skip_batches: int
+
+
 class _TrainStream(IterableDataset):
     """One rank's stream; each DataLoader worker yields its round-robin share of the rank's batches."""
 
-    def __init__(
-        self,
-        shard_set: ShardSet,
-        cfg: DataConfig,
-        tokenizer: Any,
-        *,
-        rank: int,
-        world_size: int,
-        micro_batch: int,
-        seed: int,
-        epoch: int,
-        num_batches: int,
-        skip_batches: int,
-    ) -> None:
+    def __init__(self, shard_set: ShardSet, cfg: DataConfig, tokenizer: Any, plan: _RankPlan) -> None:
         self.shard_set = shard_set
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.rank, self.world_size = rank, world_size
-        self.micro_batch, self.seed, self.epoch = micro_batch, seed, epoch
-        self.num_batches, self.skip_batches = num_batches, skip_batches
+        self.rank, self.world_size = plan.rank, plan.world_size
+        self.micro_batch, self.seed, self.epoch = plan.micro_batch, plan.seed, plan.epoch
+        self.num_batches, self.skip_batches = plan.num_batches, plan.skip_batches
         self.readers = max(1, cfg.loader_workers)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -504,18 +505,8 @@ def make_train_loader(
         raise ValueError(
             f"{total} samples per epoch cannot fill one batch of {micro_batch} on each of {world_size} ranks"
         )
-    dataset = _TrainStream(
-        shard_set,
-        cfg,
-        tokenizer,
-        rank=rank,
-        world_size=world_size,
-        micro_batch=micro_batch,
-        seed=seed,
-        epoch=epoch,
-        num_batches=num_batches,
-        skip_batches=min(skip_batches, num_batches),
-    )
+    plan = _RankPlan(rank, world_size, micro_batch, seed, epoch, num_batches, min(skip_batches, num_batches))
+    dataset = _TrainStream(shard_set, cfg, tokenizer, plan)
     dataloader = DataLoader(
         dataset,
         batch_size=None,  # the stream batches itself, so batch b comes from worker b % workers
