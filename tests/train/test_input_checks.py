@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,11 @@ def test_text_encoder_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_writable_and_reachable(tmp_path: Path) -> None:
     check_writable(str(tmp_path / "new" / "runs"), None, "train.storage_path")
-    assert (tmp_path / "new" / "runs").is_dir()
+    assert list(tmp_path.iterdir()) == []  # checked on the nearest existing folder, nothing left behind
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere: the permission case only means something for other users
+        with pytest.raises(UserError, match="is not writable"):
+            check_writable(str(tmp_path / "locked" / "runs"), None, "train.storage_path")
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="train.storage_path=.* is not writable"):
         check_writable(str(tmp_path / "file" / "runs"), None, "train.storage_path")
