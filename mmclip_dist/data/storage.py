@@ -2,8 +2,9 @@
 
 ``open_storage("s3://bucket/shards")`` or ``open_storage("/data/shards")`` returns a ``Storage`` whose names
 are paths relative to that root (``"train-000000.tar"``). Local writes are atomic (temporary name, fsync,
-rename) so a reader never sees half a file. S3 calls go through botocore's adaptive retries *and* our own
-retry loop with exponential back-off on connection-level failures, and ``open_read`` returns a stream that
+rename) so a reader never sees half a file. S3 calls are retried by one loop of our own (``RetryPolicy``:
+exponential back-off on connection drops, throttling and 5xx, each retry logged with the object it was for;
+botocore's own retries are off so an outage is never absorbed silently), and ``open_read`` returns a stream that
 reconnects with an HTTP Range request from the byte it had reached when a connection drops, so an S3 server
 restart in the middle of a shard costs a pause, not the training run. Credentials come from the standard
 ``AWS_*`` variables / boto3 chain and are never logged.
@@ -310,22 +311,24 @@ class _S3ReadStream(io.RawIOBase):
         super().close()
 
 
-_CLIENTS: dict[tuple[int, str | None, int, str], Any] = {}
+_CLIENTS: dict[tuple[int, str | None, str], Any] = {}
 
 
-def _shared_client(endpoint: str | None, max_attempts: int):  # noqa: ANN202
+def _shared_client(endpoint: str | None):  # noqa: ANN202
     """One boto3 client per process, endpoint and access key: the loader opens one storage per shard, and
     building a client costs tens of milliseconds. Clients are thread-safe; the pid key keeps forks apart."""
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     identity = os.environ.get("AWS_ACCESS_KEY_ID", "") + ":" + hashlib.sha256(secret.encode()).hexdigest()
-    key = (os.getpid(), endpoint, max_attempts, identity)
+    key = (os.getpid(), endpoint, identity)
     if key not in _CLIENTS:
         _CLIENTS[key] = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint,
             config=BotoConfig(
                 signature_version="s3v4",
-                retries={"max_attempts": max_attempts, "mode": "adaptive"},
+                # RetryPolicy is the one retry layer (logged, with a deadline); a second, silent one inside
+                # botocore would multiply the attempts and hide outages from the logs.
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=10,
                 read_timeout=60,
             ),
@@ -342,13 +345,11 @@ class S3Storage(Storage):
         endpoint: str | None = None,
         *,
         retry: RetryPolicy | None = None,
-        max_attempts: int = 8,
     ) -> None:
         self.bucket, self.prefix = _split_s3(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.retry = retry or RetryPolicy()
-        self._max_attempts = max_attempts
         self._client = None
         self._client_pid = -1
 
@@ -356,7 +357,7 @@ class S3Storage(Storage):
     def client(self):  # noqa: ANN201 - boto3 clients have no importable static type
         # boto3 clients are not fork-safe: a DataLoader worker forked from the trainer gets its own.
         if self._client is None or self._client_pid != os.getpid():
-            self._client = _shared_client(self.endpoint, self._max_attempts)
+            self._client = _shared_client(self.endpoint)
             self._client_pid = os.getpid()
         return self._client
 
