@@ -25,6 +25,7 @@ from mmclip_dist.train.callbacks import load_step_callback
 from mmclip_dist.train.data_health import DATA_ERROR_KEY, SkipBudget
 from mmclip_dist.train.state import TrainState, restore, save_and_report
 from mmclip_dist.train.step_batches import step_stream
+from mmclip_dist.train.zero3_grads import clear_zero3_gradients
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -94,6 +95,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         fetched = time.perf_counter()
         assert batch is not None  # a reader failure stopped the loop above
         micro_batches = [_to_device(mb, device, dtype) for mb in batch.micro_batches]
+        if cfg.train.zero_stage == 3:
+            clear_zero3_gradients(engine)  # else last step's gradients leak into this one (zero3_grads.py)
         terms = cache.step(micro_batches, forward=engine, backward=backward_and_step)
         done = time.perf_counter()
         state.step += 1

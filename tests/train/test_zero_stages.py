@@ -25,21 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize(
-    "stage",
-    [
-        2,
-        pytest.param(
-            3,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known defect: a ZeRO-3 bf16 run resumed from its checkpoint does not end with the weights "
-                "of the uninterrupted run (first seen 2026-11-30; every parameter differs). Strict: a fix turns "
-                "this into a failure until the mark is removed.",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_checkpoints_resumes_and_exports(
     stage: int, train_assets: TrainAssets, ray_node: LocalRayCluster, tmp_path: Path
 ) -> None:
