@@ -43,7 +43,7 @@ def build_data(work: Path, patients: int) -> list[str]:
             f"synthetic.num_patients={patients}",
             f"shards.input={work / 'vindr'}",
             f"shards.output={work / 'shards'}",
-            "shards.salt=zero-bench",
+            "shards.salt=zero-stages-bench-salt",  # synthetic data: no PHI, but the salt rule still holds
             "shards.shard_max_samples=16",
         ],
     )
