@@ -60,7 +60,7 @@ def main() -> int:
     paths = [
         f"shards.input={work / 'vindr'}", f"shards.output={work / 'shards'}", f"data.train_shards={work / 'shards'}",
         f"data.eval_shards={work / 'shards'}", f"model.text_encoder={work / 'text_encoder'}",
-        "shards.salt=fidelity-bench", f"train.storage_path={work / 'runs'}", f"train.export_dir={work / 'model'}",
+        "shards.salt=fidelity-bench-salt-18", f"train.storage_path={work / 'runs'}", f"train.export_dir={work / 'model'}",
         "train.run_name=fidelity", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
         "tracking.experiment=fidelity",
     ]  # fmt: skip
