@@ -40,6 +40,21 @@ SETTINGS = [
 ]  # fmt: skip
 
 
+def fidelity_config(work: Path, overrides: list[str]):  # noqa: ANN201 - a mmclip_dist Config (imported lazily)
+    """The bench's config: the debug preset, the bench's SETTINGS, every path under ``work``, then ``overrides``."""
+    from mmclip_devtools.fixtures.pretrained import DEBUG_CONFIG
+    from mmclip_dist.config import load_config
+
+    paths = [
+        f"shards.input={work / 'vindr'}", f"shards.output={work / 'shards'}", f"data.train_shards={work / 'shards'}",
+        f"data.eval_shards={work / 'shards'}", f"model.text_encoder={work / 'text_encoder'}",
+        "shards.salt=fidelity-bench-salt-18", f"train.storage_path={work / 'runs'}",
+        f"train.export_dir={work / 'model'}", "train.run_name=fidelity",
+        f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}", "tracking.experiment=fidelity",
+    ]  # fmt: skip
+    return load_config(DEBUG_CONFIG, [*SETTINGS, *paths, *overrides])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/fidelity"))
@@ -49,22 +64,14 @@ def main() -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from mmclip_devtools.fixtures.pretrained import DEBUG_CONFIG, build_data
-    from mmclip_dist.config import load_config
+    from mmclip_devtools.fixtures.pretrained import build_data
     from mmclip_dist.train.ray_env import connect_ray
 
     work = args.workdir.resolve()
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    paths = [
-        f"shards.input={work / 'vindr'}", f"shards.output={work / 'shards'}", f"data.train_shards={work / 'shards'}",
-        f"data.eval_shards={work / 'shards'}", f"model.text_encoder={work / 'text_encoder'}",
-        "shards.salt=fidelity-bench-salt-18", f"train.storage_path={work / 'runs'}", f"train.export_dir={work / 'model'}",
-        "train.run_name=fidelity", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-        "tracking.experiment=fidelity",
-    ]  # fmt: skip
-    cfg = load_config(DEBUG_CONFIG, [*SETTINGS, *paths, *args.overrides])
+    cfg = fidelity_config(work, args.overrides)
     connect_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
 
     from mmclip_dist.data.synthetic import cue_aucs, load_truth
