@@ -178,6 +178,15 @@ class ModelConfig(_Section):
     tokenizer: str = Field("", description="tokenizer hub id or folder; empty uses text_encoder")
     embed_dim: int = Field(512, description="dimension of the shared image-text embedding space")
     roi_output_size: int = Field(7, description="RoIAlign output grid (square)")
+    roi_levels: list[int] = Field(
+        [32], description="backbone strides RoIAlign reads (multi-scale, e.g. [8, 16, 32]); [32]: last map only"
+    )
+    roi_pooling: Literal["mean", "flatten"] = Field(
+        "mean", description="RoI grid into the RoI MLP: averaged, or kept spatial (flattened)"
+    )
+    roi_level_dim: int = Field(
+        0, description="per-level 1x1 projection width of the RoI grids before concatenation; 0: raw channels"
+    )
     roi_match_dim: int = Field(256, description="width of the cross-modal RoI matching attention (Eq. 5, L)")
     roi_match_heads: int = Field(8, description="attention heads of the RoI matching module")
     dropout: float = Field(0.1, description="dropout in the projection heads")
@@ -211,7 +220,11 @@ class TrainConfig(_Section):
     micro_batch: int = Field(8, description="breasts per worker per forward pass")
     global_batch: int = Field(16, description="contrastive batch = workers x micro_batch x accumulation")
     max_steps: int = Field(100, description="optimizer steps to run")
-    lr: float = Field(1e-6, description="peak AdamW learning rate")
+    lr: float = Field(1e-6, description="peak AdamW lr for lr_reference_batch samples (the paper: 1e-6 per 16)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="how lr scales to global_batch: none, linear or sqrt of global_batch / lr_reference_batch"
+    )
+    lr_reference_batch: int = Field(16, description="global batch that train.lr is stated for")
     weight_decay: float = Field(1e-5, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (the paper's 'momentum 0.9')")
     warmup_steps: int = Field(10, description="linear warm-up steps before cosine decay")
@@ -238,7 +251,17 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:
         accumulation_steps(self.global_batch, self.num_workers, self.micro_batch)
+        if self.lr_reference_batch < 1:
+            raise ValueError(f"train.lr_reference_batch must be >= 1, got {self.lr_reference_batch}")
         return self
+
+
+def scaled_lr(train: TrainConfig) -> float:
+    """The peak lr the optimizer gets: ``train.lr`` is stated for ``train.lr_reference_batch`` samples (the
+    paper's 16) and scaled to ``train.global_batch`` by ``train.lr_scaling`` (none / linear / sqrt)."""
+    ratio = train.global_batch / train.lr_reference_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[train.lr_scaling]
+    return train.lr * factor
 
 
 def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> int:
@@ -276,8 +299,9 @@ class EvalConfig(_Section):
     mode: EvalMode = Field(
         "linear", description="zero-shot prompts, linear probe on frozen features, or full visual fine-tune"
     )
-    features: Literal["backbone", "embed"] = Field(
-        "backbone", description="probe features: pooled backbone map, or the global image embedding"
+    features: Literal["backbone", "embed", "roi"] = Field(
+        "backbone",
+        description="probe features: pooled backbone map, global image embedding, or mean RoI embedding of the boxes",
     )
     use_masks: bool = Field(
         True, description="feed the shards' lesion masks to Region Focus (false: zero masks, as for unannotated images)"

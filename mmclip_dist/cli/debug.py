@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         f"zero-shot AUC    {zs['auc']:.3f} (95% CI {zs['auc_ci_low']:.3f}-{zs['auc_ci_high']:.3f}), "
         f"accuracy {zs['accuracy']:.3f}, per-image AUC {zs['image_auc']:.3f}, {int(zs['n_breasts'])} held-out breasts"
     )
+    cues = ", ".join(f"{k} {v:.3f}" for k, v in summary.cue_aucs.items())
+    print(f"cue AUCs         {cues}  (each scalar cue alone; the zero-shot AUC must come from morphology)")
     print(f"stage seconds    {summary.seconds}  (total {elapsed:.0f} s)")
     print(f"MLflow run       {summary.mlflow_run_id}")
     print(f"open the UI      {summary.ui_command()}")

@@ -1,13 +1,20 @@
 """Synthetic VinDr-Mammo look-alike: real DICOM files and CSVs in the exact VinDr v1.0.0 layout.
 
 Used by the debug mode and the tests, where the real dataset cannot be downloaded. Every breast has a
-ground-truth pathology, and benign and malignant lesions differ only in *shape and margin* (never in
-brightness), so a model that learns from these images has to look at the region, as MM-CLIP should:
+ground-truth pathology, and benign and malignant lesions differ only in *morphology*, so a model that
+learns from these images has to look at the region, as MM-CLIP should:
 
 * masses: benign = round/oval, smooth circumscribed margin; malignant = irregular outline, indistinct
   margin and spiculations radiating outwards;
 * calcifications: benign = a few round, uniform, scattered specks; malignant = many fine pleomorphic
-  and linear specks in a tight, branching cluster.
+  and linear specks along branching ducts.
+
+No scalar cue gives the label away: the finding's box measures the lesion *body* as BI-RADS sizes it
+(spicules may extend past it), and box area, the mean signal inside the box, calcified area, position
+and the mass/calcification mix are drawn from the same distributions for both classes. The generator
+measures each cue on the stored pixels of every lesion view (``synthetic_truth.json``, ``cues``) and
+reports the AUC of each alone (``cue_aucs``; ~0.5 = no shortcut). An earlier version boxed the
+spicules too, so box area alone separated the classes with AUC 0.80.
 
 A lesion lives at one hidden 3D position inside the breast, so it appears in both CC and MLO at
 consistent depths (MLO shows a different, oblique projection of the other two coordinates). Labels go
@@ -79,6 +86,7 @@ class SyntheticSummary:
     masses: int = 0
     calcifications: int = 0
     test_patients: int = 0
+    cue_aucs: dict[str, float] = field(default_factory=dict)  # see ``cue_aucs``
 
 
 @dataclass
@@ -96,8 +104,12 @@ class _Lesion:
     amplitude: float = 600.0
 
 
-def generate_vindr_dataset(root: Path, cfg: SyntheticConfig) -> SyntheticSummary:
-    """Write ``cfg.num_patients`` studies (4 images each) under ``root`` in the VinDr-Mammo layout."""
+def generate_vindr_dataset(root: Path, cfg: SyntheticConfig, *, write_dicoms: bool = True) -> SyntheticSummary:
+    """Write ``cfg.num_patients`` studies (4 images each) under ``root`` in the VinDr-Mammo layout.
+
+    ``write_dicoms=False`` renders every image (so the cue measurements are the same) but writes only
+    the CSVs and the truth file: a quick way to check the data's statistics on thousands of breasts.
+    """
     root = Path(root)
     if cfg.num_patients < 1:
         raise ValueError(f"synthetic.num_patients must be >= 1, got {cfg.num_patients}")
@@ -116,7 +128,7 @@ def generate_vindr_dataset(root: Path, cfg: SyntheticConfig) -> SyntheticSummary
     counts = {"malignant": 0, "benign": 0, "normal": 0, "mass": 0, "calcification": 0}
     for p in range(cfg.num_patients):
         split = "test" if p in test_patients else "training"
-        _generate_patient(root, cfg, p, split, breast_rows, finding_rows, meta_rows, truth, counts)
+        _generate_patient(root, cfg, p, split, breast_rows, finding_rows, meta_rows, truth, counts, write_dicoms)
 
     _write_csv(root / "breast-level_annotations.csv", BREAST_COLUMNS, breast_rows)
     _write_csv(root / "finding_annotations.csv", FINDING_COLUMNS, finding_rows)
@@ -132,6 +144,7 @@ def generate_vindr_dataset(root: Path, cfg: SyntheticConfig) -> SyntheticSummary
         masses=counts["mass"],
         calcifications=counts["calcification"],
         test_patients=n_test,
+        cue_aucs=cue_aucs(truth),
     )
 
 
@@ -154,6 +167,7 @@ def _generate_patient(
     meta_rows: list,
     truth: list,
     counts: dict[str, int],
+    write_dicoms: bool = True,
 ) -> None:
     rng = np.random.default_rng([cfg.seed, p])
     h, w = cfg.height, cfg.width
@@ -172,7 +186,8 @@ def _generate_patient(
         "study_uid": generate_uid(prefix=UID_PREFIX, entropy_srcs=[str(cfg.seed), "study", str(p)]),
     }
     study_dir = root / "images" / study_id
-    study_dir.mkdir(parents=True, exist_ok=True)
+    if write_dicoms:
+        study_dir.mkdir(parents=True, exist_ok=True)
 
     for laterality in ("L", "R"):
         status = "normal"
@@ -218,6 +233,8 @@ def _generate_patient(
                     min(float(w), xs.max() + 1 + BOX_MARGIN), min(float(h), ys.max() + 1 + BOX_MARGIN),
                 ]  # fmt: skip
             stored = _to_stored(pixels, scanner[3])
+            # Measured on the stored pixels before the laterality flip (chest wall left, as in the shards).
+            cues = _measure_cues(stored, breast_mask, box, scanner[3]) if box is not None else None
             if laterality == "R":
                 # Rendered with the chest wall on the left; a right breast has it on the right.
                 stored = stored[:, ::-1]
@@ -226,8 +243,9 @@ def _generate_patient(
                 if center is not None:
                     center = (w - center[0], center[1])
             window = _window(scanner[3])
-            ds = _dicom_dataset(stored, cfg.seed, p, laterality, view, patient, scanner, window)
-            ds.save_as(study_dir / f"{image_id}.dicom", enforce_file_format=True)
+            if write_dicoms:
+                ds = _dicom_dataset(stored, cfg.seed, p, laterality, view, patient, scanner, window)
+                ds.save_as(study_dir / f"{image_id}.dicom", enforce_file_format=True)
 
             common = {
                 "study_id": study_id, "series_id": series_id, "image_id": image_id,
@@ -253,6 +271,7 @@ def _generate_patient(
             breast_truth["views"][view] = {
                 "image_id": image_id, "box": box, "lesion_area_fraction": round(area_fraction, 6),
                 "center": None if center is None else [round(float(c), 3) for c in center],
+                "cues": cues,
             }  # fmt: skip
         truth.append(breast_truth)
 
@@ -343,64 +362,114 @@ def _breast_area_estimate(g: dict[str, float]) -> float:
     return 2.0 * 0.80 * g["depth"] * g["half"]
 
 
+# Shared by both classes (only morphology may differ): box area as a fraction of the breast, the
+# lesion's mean signal inside its box (12-bit units above the tissue), calcification amplitude and the
+# calcified fraction of a cluster's box.
+BOX_FRACTION = (0.03, 0.055)
+MASS_BOX_SIGNAL = (330.0, 470.0)
+CALC_AMPLITUDE = (1500.0, 1800.0)
+CALC_FILL = (0.035, 0.06)
+
+
+def _mass_boundary(lesion: _Lesion, phi: np.ndarray) -> np.ndarray:
+    """Radius of the mass body along direction ``phi`` (lesion frame): an ellipse, irregular if malignant."""
+    boundary = lesion.radius / np.sqrt(np.cos(phi) ** 2 + (np.sin(phi) / lesion.aspect) ** 2)
+    if lesion.harmonics:
+        boundary = boundary * (1.0 + sum(a * np.cos(k * phi + ph) for k, a, ph in lesion.harmonics))
+    return boundary
+
+
+def _unit_body_box_area(lesion: _Lesion) -> float:
+    """Area of the axis-aligned box around the mass body at ``radius = 1`` (no turn, no zoom)."""
+    saved, lesion.radius = lesion.radius, 1.0
+    phi = np.linspace(0.0, 2 * math.pi, 720, endpoint=False)
+    r = _mass_boundary(lesion, phi)
+    lesion.radius = saved
+    u, v = r * np.cos(phi), r * np.sin(phi)
+    dx = u * math.cos(lesion.angle) - v * math.sin(lesion.angle)
+    dy = u * math.sin(lesion.angle) + v * math.cos(lesion.angle)
+    return float(np.ptp(dx) * np.ptp(dy))
+
+
 def _make_lesion(rng: np.random.Generator, kind: str, malignant: bool, geometry: dict) -> _Lesion:
+    """Lesion parameters. Box area, signal and position share one distribution across classes, so a model
+    can only tell benign from malignant by morphology; ``cue_aucs`` measures that on the rendered pixels."""
     area = _breast_area_estimate(geometry["CC"])
-    amplitude = float(rng.uniform(520.0, 680.0))
+    box_area = float(rng.uniform(*BOX_FRACTION)) * area
     if kind == "mass":
-        # Core sized so that the rendered lesion (core plus spicules) covers 1-5% of the breast, towards
-        # the upper end so the margin (the benign/malignant cue) survives the debug mode's downscaling.
-        fraction = rng.uniform(0.02, 0.03) if malignant else rng.uniform(0.025, 0.042)
-        aspect = 1.0 if malignant else float(rng.uniform(0.65, 1.0))
-        radius = math.sqrt(fraction * area / (math.pi * aspect))
-        lesion = _Lesion("mass", malignant, radius, aspect, float(rng.uniform(0, math.pi)), amplitude=amplitude)
+        aspect = float(rng.uniform(0.65, 1.0))
+        lesion = _Lesion("mass", malignant, 1.0, aspect, float(rng.uniform(0, math.pi)))
         if malignant:
             lesion.harmonics = [
                 (k, float(rng.uniform(0.06, 0.13)), float(rng.uniform(0, 2 * math.pi))) for k in (3, 5, 7)
             ]
+        # The box measures the body (BI-RADS size), so the body is scaled to the drawn box area.
+        lesion.radius = math.sqrt(box_area / _unit_body_box_area(lesion))
+        if malignant:
             n = int(rng.integers(9, 15))
             angles = np.sort(rng.uniform(0, 2 * math.pi, n) + np.arange(n) * 2 * math.pi / n) % (2 * math.pi)
             lesion.spicules = [
-                (float(a), float(rng.uniform(0.7, 1.3) * radius), float(max(1.3, 0.11 * radius))) for a in angles
+                (float(a), float(rng.uniform(0.7, 1.3) * lesion.radius), float(max(1.3, 0.11 * lesion.radius)))
+                for a in angles
             ]
+        # Amplitude set so the mean signal inside the box is the drawn one, whatever the shape fills.
+        lesion.amplitude = float(rng.uniform(*MASS_BOX_SIGNAL)) / _mass_box_fill(lesion)
         return lesion
 
-    fraction = rng.uniform(0.025, 0.042)
-    radius = math.sqrt(fraction * area / math.pi)
-    lesion = _Lesion("calcification", malignant, radius, amplitude=float(rng.uniform(1500.0, 1800.0)))
+    # Calcifications: the box is the cluster's extent (a disk of radius R); both classes fill it with
+    # the same calcified area, as few round scattered specks (benign) or many fine linear and
+    # pleomorphic specks along branching ducts (malignant).
+    radius = math.sqrt(box_area) / 2.0
+    lesion = _Lesion("calcification", malignant, radius, amplitude=float(rng.uniform(*CALC_AMPLITUDE)))
+    target = float(rng.uniform(*CALC_FILL)) * box_area
     if malignant:
-        # Fine pleomorphic and linear specks along a few short branching "ducts", tightly grouped.
         n = int(rng.integers(18, 30))
-        branches = [(rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 0.7) * radius) for _ in range(3)]
+        k = int(rng.integers(2, 4))
+        start = rng.uniform(0, 2 * math.pi)
+        branches = [(start + j * 2 * math.pi / k + rng.normal(0, 0.4), rng.uniform(0.6, 0.95) * radius)
+                    for j in range(k)]  # fmt: skip
         for i in range(n):
             theta, length = branches[i % len(branches)]
             t = rng.uniform(0.0, 1.0)
-            dx = math.cos(theta) * t * length + rng.normal(0, 0.06 * radius)
-            dy = math.sin(theta) * t * length + rng.normal(0, 0.06 * radius)
+            dx = math.cos(theta) * t * length + rng.normal(0, 0.05 * radius)
+            dy = math.sin(theta) * t * length + rng.normal(0, 0.05 * radius)
             if rng.random() < 0.5:  # linear: elongated along the duct
                 rx, ry, ang = rng.uniform(2.2, 3.6), rng.uniform(0.7, 1.0), theta + rng.normal(0, 0.3)
             else:  # pleomorphic dots of varying size and shape
                 rx, ry, ang = rng.uniform(0.8, 1.8), rng.uniform(0.7, 1.4), rng.uniform(0, math.pi)
             lesion.specks.append((float(dx), float(dy), float(rx), float(ry), float(ang)))
     else:
-        # A few round, equal-sized specks spread over the whole region (scattered, not clustered).
         n = int(rng.integers(5, 9))
-        size = float(rng.uniform(2.4, 3.0))
         placed: list[tuple[float, float]] = []
         tries = 0
         while len(placed) < n and tries < 500:
             tries += 1
-            r, a = radius * math.sqrt(rng.uniform(0.05, 1.0)), rng.uniform(0, 2 * math.pi)
+            r, a = 0.85 * radius * math.sqrt(rng.uniform(0.0, 1.0)), rng.uniform(0, 2 * math.pi)
             cand = (r * math.cos(a), r * math.sin(a))
-            if all(math.hypot(cand[0] - q[0], cand[1] - q[1]) > 0.55 * radius for q in placed):
+            if all(math.hypot(cand[0] - q[0], cand[1] - q[1]) > 0.45 * radius for q in placed):
                 placed.append(cand)
-        lesion.specks = [(dx, dy, size, size, 0.0) for dx, dy in placed]
+        lesion.specks = [(dx, dy, 1.0, 1.0, 0.0) for dx, dy in placed]
+    # Scale speck sizes (not their count or layout) so both classes calcify the same area.
+    scale = math.sqrt(target / sum(math.pi * rx * ry for _, _, rx, ry, _ in lesion.specks))
+    lesion.specks = [(dx, dy, rx * scale, ry * scale, ang) for dx, dy, rx, ry, ang in lesion.specks]
     return lesion
+
+
+def _mass_box_fill(lesion: _Lesion) -> float:
+    """Mean of the unit-amplitude mass profile inside the body's box (no turn, no zoom)."""
+    reach = lesion.radius * (2.4 if lesion.spicules else 1.3) + 4
+    y, x = np.mgrid[-reach:reach:0.5, -reach:reach:0.5].astype(np.float32)
+    core, rays = _mass_profile(lesion, x, y, 0.0)
+    ys, xs = np.nonzero(core > 0.3)
+    inside = np.maximum(core, rays)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    return float(inside.mean())
 
 
 def _draw_lesion(
     img: np.ndarray, lesion: _Lesion, center: tuple[float, float], turn: float, zoom: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Add the lesion to ``img`` in place; returns the boolean lesion mask (full image size)."""
+    """Add the lesion to ``img`` in place; returns the boolean mask of the lesion *body* (full image size):
+    a mass without its spicules, a calcification cluster's disk. Its bounding box is the finding's box."""
     h, w = img.shape
     cx, cy = center
     reach = lesion.radius * zoom * (2.4 if lesion.spicules else 1.3) + 6
@@ -410,9 +479,9 @@ def _draw_lesion(
     dx, dy = (x - cx) / zoom, (y - cy) / zoom
     mask = np.zeros((h, w), dtype=bool)
     if lesion.kind == "mass":
-        value = _mass_profile(lesion, dx, dy, turn) * lesion.amplitude
-        img[y0:y1, x0:x1] += value
-        mask[y0:y1, x0:x1] = value > 0.3 * lesion.amplitude
+        core, rays = _mass_profile(lesion, dx, dy, turn)
+        img[y0:y1, x0:x1] += np.maximum(core, rays) * lesion.amplitude
+        mask[y0:y1, x0:x1] = core > 0.3
         return mask
     value = np.zeros_like(dx)
     for sx, sy, rx, ry, ang in lesion.specks:
@@ -425,26 +494,22 @@ def _draw_lesion(
         value = np.maximum(value, np.clip(1.6 - 1.2 * r, 0.0, 1.0))  # a flat top, ~1 px soft edge
     img[y0:y1, x0:x1] += value * lesion.amplitude
     # The lesion region of a cluster is the disk it occupies (what a reader would outline).
-    region = (dx**2 + dy**2) <= lesion.radius**2
-    mask[y0:y1, x0:x1] = region | (value > 0.3)
+    mask[y0:y1, x0:x1] = (dx**2 + dy**2) <= lesion.radius**2
     return mask
 
 
-def _mass_profile(lesion: _Lesion, dx: np.ndarray, dy: np.ndarray, turn: float) -> np.ndarray:
-    """Mass intensity in [0, 1]: a gently domed core plus, if malignant, spicules."""
+def _mass_profile(lesion: _Lesion, dx: np.ndarray, dy: np.ndarray, turn: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mass intensity in [0, 1] as (body, spicules): a gently domed core and, if malignant, its rays."""
     angle = lesion.angle + turn
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = -dx * math.sin(angle) + dy * math.cos(angle)
     r = np.sqrt(u**2 + v**2) + 1e-6
     phi = np.arctan2(v, u)
-    if lesion.malignant:
-        boundary = lesion.radius * (1.0 + sum(a * np.cos(k * phi + ph) for k, a, ph in lesion.harmonics))
-        edge = 2.5  # indistinct margin
-    else:
-        boundary = lesion.radius / np.sqrt(np.cos(phi) ** 2 + (np.sin(phi) / lesion.aspect) ** 2)
-        edge = 0.8  # sharp, circumscribed margin
+    boundary = _mass_boundary(lesion, phi)
+    edge = 2.5 if lesion.malignant else 0.8  # indistinct vs sharp, circumscribed margin
     dome = 0.9 + 0.1 * np.clip(1.0 - (r / boundary) ** 2, 0.0, 1.0)
     core = np.clip((boundary - r) / edge + 0.5, 0.0, 1.0) * dome
+    rays = np.zeros_like(core)
     for theta, length, half_width in lesion.spicules:
         a = theta + turn
         along = dx * math.cos(a) + dy * math.sin(a)
@@ -454,8 +519,8 @@ def _mass_profile(lesion: _Lesion, dx: np.ndarray, dy: np.ndarray, turn: float) 
         width = half_width * (1.0 - 0.75 * np.clip(s, 0.0, 1.0))
         inside = (s >= 0.0) & (s <= 1.0)
         ray = np.clip(width - across + 0.5, 0.0, 1.0) * (0.85 - 0.35 * np.clip(s, 0.0, 1.0))
-        core = np.maximum(core, np.where(inside, ray, 0.0))
-    return core
+        rays = np.maximum(rays, np.where(inside, ray, 0.0))
+    return core, rays
 
 
 # --------------------------------------------------------------------------------------------------
@@ -536,6 +601,66 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# shortcut check: how well does each scalar cue alone separate benign from malignant?
+
+CUES = ("box_area", "mean_intensity", "contrast", "position_x", "position_y", "lesion_type")
+
+
+def _measure_cues(stored: np.ndarray, breast: np.ndarray, box: list[float], bits_stored: int) -> dict[str, float]:
+    """Box area, mean value inside the box and the box-minus-surround contrast (12-bit units), box centre.
+
+    The surround is the breast tissue in a frame half the box's size around it, where spicules reach.
+    """
+    h, w = stored.shape
+    img = stored.astype(np.float32) / 2 ** (bits_stored - 12)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    inside = img[y0:y1, x0:x1]
+    mx, my = (x1 - x0) // 2, (y1 - y0) // 2
+    fx0, fy0, fx1, fy1 = max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
+    frame = np.zeros((h, w), dtype=bool)
+    frame[fy0:fy1, fx0:fx1] = True
+    frame[y0:y1, x0:x1] = False
+    frame &= breast
+    surround = float(img[frame].mean()) if frame.any() else float(inside.mean())
+    return {
+        "box_area": float((box[2] - box[0]) * (box[3] - box[1])),
+        "mean_intensity": round(float(inside.mean()), 3),
+        "contrast": round(float(inside.mean()) - surround, 3),
+        "position_x": round((box[0] + box[2]) / 2 / w, 5),
+        "position_y": round((box[1] + box[3]) / 2 / h, 5),
+    }
+
+
+def cue_aucs(truth: list[dict[str, Any]]) -> dict[str, float]:
+    """AUC of each scalar cue alone for malignant vs benign breasts (mean over the breast's views).
+
+    Reported as ``max(AUC, 1 - AUC)``: a cue that separates the classes in either direction is a
+    shortcut. ~0.5 means the cue carries no label; an AUC near 1 means a model could skip the morphology.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    labels: list[int] = []
+    values: dict[str, list[float]] = {c: [] for c in CUES}
+    for breast in truth:
+        if breast["pathology"] == "normal":
+            continue
+        views = [v["cues"] for v in breast["views"].values() if v.get("cues")]
+        if not views:
+            continue
+        labels.append(int(breast["pathology"] == "malignant"))
+        for cue in CUES[:-1]:
+            values[cue].append(float(np.mean([v[cue] for v in views])))
+        values["lesion_type"].append(float(breast["kind"] == "mass"))
+    if len(set(labels)) < 2:
+        return {}
+    out = {}
+    for cue, vals in values.items():
+        auc = float(roc_auc_score(labels, vals))
+        out[cue] = round(max(auc, 1.0 - auc), 4)
+    return out
 
 
 def load_truth(root: Path) -> list[dict[str, Any]]:

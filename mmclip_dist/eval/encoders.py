@@ -21,7 +21,7 @@ from mmclip_dist.config import ModelConfig
 from mmclip_dist.model.region_focus import RegionFocus
 from mmclip_dist.model.visual import VisualEncoder
 
-FeatureKind = Literal["backbone", "embed"]
+FeatureKind = Literal["backbone", "embed", "roi"]
 
 
 class BaselineUnavailable(RuntimeError):
@@ -44,7 +44,28 @@ class ImageEncoder(nn.Module):
         """``images, masks [N, 1, H, W]`` -> ``[N, C]`` global-average-pooled last feature map."""
         return self.visual.feature_map(self.region_focus(images, masks)).mean(dim=(2, 3))
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor, kind: FeatureKind = "backbone") -> torch.Tensor:
+    def roi_pooled(
+        self, images: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, box_valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean of the view's valid RoI embeddings (the RoI head's ``Dr`` output): ``[N, Dr]``; zeros for a
+        view without any annotated box. The region-level representation the RoI loss trains."""
+        maps = self.visual.feature_maps(self.region_focus(images, masks))
+        valid = box_valid.bool()
+        roi = self.visual.roi_features(maps, boxes.to(maps[0].dtype), valid)
+        return roi.sum(1) / valid.sum(1, keepdim=True).clamp_min(1).to(roi.dtype)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        kind: FeatureKind = "backbone",
+        boxes: torch.Tensor | None = None,
+        box_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if kind == "roi":
+            if boxes is None or box_valid is None:
+                raise ValueError("eval.features=roi needs the views' boxes and box_valid")
+            return self.roi_pooled(images, masks, boxes, box_valid)
         pooled = self.pooled(images, masks)
         if kind == "backbone":
             return pooled
@@ -85,7 +106,8 @@ def baseline_encoder(
 def _visual(cfg: ModelConfig, weights: str) -> VisualEncoder:
     return VisualEncoder(
         cfg.backbone, embed_dim=cfg.embed_dim, roi_dim=cfg.roi_match_dim, roi_output_size=cfg.roi_output_size,
-        dropout=cfg.dropout, weights=weights,
+        dropout=cfg.dropout, weights=weights, roi_levels=cfg.roi_levels, roi_pooling=cfg.roi_pooling,
+        roi_level_dim=cfg.roi_level_dim,
     )  # fmt: skip
 
 
@@ -120,9 +142,11 @@ def extract_features(
     metas: list[dict[str, Any]] = []
     for batch in batches:
         images, masks = view_inputs(batch, use_masks)
+        rois = (batch["boxes"].flatten(0, 1), batch["box_valid"].flatten(0, 1)) if kind == "roi" else (None, None)
         for name, encoder in encoders.items():
             device = next(encoder.parameters()).device
-            out = encoder(images.to(device), masks.to(device), kind).float()
+            boxes, valid = (None if t is None else t.to(device) for t in rois)
+            out = encoder(images.to(device), masks.to(device), kind, boxes, valid).float()
             feats[name].append(out.view(len(batch["keys"]), 2, -1).cpu().numpy())
         keys.extend(batch["keys"])
         metas.extend(batch["meta"])

@@ -71,6 +71,9 @@ class MMCLIP(nn.Module):
             roi_output_size=cfg.roi_output_size,
             dropout=cfg.dropout,
             weights=cfg.backbone_weights,
+            roi_levels=cfg.roi_levels,
+            roi_pooling=cfg.roi_pooling,
+            roi_level_dim=cfg.roi_level_dim,
         )
         self.region_focus = RegionFocus(3, mean=self.visual.mean, std=self.visual.std)
         self.text = text_encoder

@@ -5,10 +5,12 @@ The one-channel mammogram and its one-channel lesion mask each go through a 1x1 
 ImageNet-pretrained timm stem applies unchanged: no stem surgery, the pretrained first convolution
 sees the channel layout it was trained on.
 
-Initialisation keeps a pretrained backbone's behaviour at step 0: the image branch is set to the
-backbone's own input normalisation, ``(x - mean_c) / std_c`` per output channel (a grayscale image
-replicated into RGB, normalised as the backbone expects), and the mask branch starts at zero, so the
-mask's influence is learnt from there (its weight still receives gradient, ``d/dW = sum(grad * mask)``).
+Initialisation: the image branch is set to the backbone's own input normalisation, ``(x - mean_c) / std_c``
+per output channel (a grayscale image replicated into RGB, normalised as the backbone expects); the mask
+branch is a plain 1x1 convolution (PyTorch's default init, bias 0), so the lesion region is marked in the
+backbone input from step 0. A zero-initialised mask branch (the earlier choice) receives gradient but, at
+the paper's learning rates (1e-6 per 16 images), stays near zero for the whole run: the backbone never
+learns where the lesion is from the mask.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ class RegionFocus(nn.Module):
             std_t = torch.tensor([float(s) for s in std])
             mean_t = torch.tensor([float(m) for m in mean])
             self.image_conv.weight.copy_((1.0 / std_t).view(out_channels, 1, 1, 1))
-            self.mask_conv.weight.zero_()
-        # Parameters rather than copy_ into .bias, which torch types as Optional.
+        # Parameters rather than copy_ into .bias, which torch types as Optional. The mask branch keeps
+        # PyTorch's default (non-zero) weight init: a zero start stays near zero at the presets' lr.
         self.image_conv.bias = nn.Parameter(-mean_t / std_t)
-        self.mask_conv.bias = nn.Parameter(torch.zeros(out_channels))
+        self.mask_conv.bias = nn.Parameter(torch.zeros(out_channels))  # the image branch's bias places the input
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if image.shape != mask.shape or image.dim() != 4 or image.shape[1] != 1:

@@ -4,7 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmclip_dist.config import TrainConfig, accumulation_steps
+from torch import nn
+
+from mmclip_dist.config import TrainConfig, accumulation_steps, scaled_lr
+
+# Not decayed: temperatures (decay would pull the logit scales towards 1) and the RoI matcher's
+# attention and scoring weights, whose scale sets the RoI logits directly.
+NO_DECAY_PREFIXES = ("logit_scales.", "roi_matcher.")
+
+
+def optimizer_param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Trainable parameters for ``deepspeed.initialize``: one group with the config's weight decay, one
+    (``NO_DECAY_PREFIXES``) with ``weight_decay=0``; empty groups are left out."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.startswith(NO_DECAY_PREFIXES) else decay).append(param)
+    groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -31,7 +49,7 @@ def build_deepspeed_config(train: TrainConfig, world_size: int) -> dict[str, Any
             "type": "AdamW",
             # torch_adam: DeepSpeed's fused CPU/GPU Adam needs compiled ops, which we install without.
             "params": {
-                "lr": train.lr,
+                "lr": scaled_lr(train),
                 "betas": list(train.betas),
                 "weight_decay": train.weight_decay,
                 "torch_adam": True,

@@ -36,7 +36,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from mmclip_dist.losses.feature_cache import FeatureCache
     from mmclip_dist.model import MMCLIP
     from mmclip_dist.model.tokenizer import load_tokenizer
-    from mmclip_dist.train.deepspeed_config import build_deepspeed_config
+    from mmclip_dist.train.deepspeed_config import build_deepspeed_config, optimizer_param_groups
     from mmclip_dist.train.export import export_model
 
     if os.environ.get("MMCLIP_VERBOSE", "") in ("", "0"):
@@ -52,7 +52,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     model = MMCLIP.from_config(cfg.model, cfg.data)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        model_parameters=optimizer_param_groups(model),
         config=build_deepspeed_config(cfg.train, world),
         dist_init_required=False,
     )

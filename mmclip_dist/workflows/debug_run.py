@@ -32,6 +32,7 @@ class DebugSummary:
     mlflow_run_id: str
     tracking_uri: str
     seconds: dict[str, float] = field(default_factory=dict)
+    cue_aucs: dict[str, float] = field(default_factory=dict)  # synthetic data's scalar cues alone (~0.5: none)
 
     def ui_command(self) -> str:
         """A command that works as printed from any folder: the store is an absolute sqlite path, and ``mlflow``
@@ -101,6 +102,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     synthetic = generate_vindr_dataset(Path(cfg.shards.input), cfg.synthetic)
     lap("synthetic")
     log(f"[1/5] synthetic VinDr-format dataset: {synthetic.patients} patients, {synthetic.images} DICOMs")
+    log("      AUC of each scalar cue alone (no shortcut: ~0.5): " + _format_cues(synthetic.cue_aucs))
 
     built = build_shards(cfg.shards, progress=False)
     lap("shards")
@@ -138,6 +140,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     zero_shot = zero_shot_malignancy(model, tokenizer, eval_batches, cfg.data.max_text_len, cfg.eval.bootstrap)
     logger = RunLogger(result.tracking_uri, result.mlflow_run_id, enabled=True, system_metrics=False)
     logger.log_metrics({f"zeroshot_malignancy_{k}": v for k, v in zero_shot.metrics.items()}, step=cfg.train.max_steps)
+    logger.log_metrics({f"synthetic_cue_auc_{k}": v for k, v in synthetic.cue_aucs.items()}, step=cfg.train.max_steps)
     lap("eval")
     log(f"[5/5] zero-shot malignancy on the held-out split: AUC {zero_shot.metrics['auc']:.3f}")
 
@@ -153,4 +156,9 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
         mlflow_run_id=result.mlflow_run_id,
         tracking_uri=result.tracking_uri,
         seconds=seconds,
+        cue_aucs=synthetic.cue_aucs,
     )
+
+
+def _format_cues(aucs: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()) or "n/a (one class only)"

@@ -55,6 +55,7 @@ def test_debug_pipeline_logs_every_loss_term_and_eval_metrics(tmp_path: Path) ->
     assert len(summary) == 8 and summary[-1].startswith("open the UI"), summary
     # No third-party deprecation or CUDA warnings without --verbose.
     assert "DeprecationWarning" not in done.stdout and "FutureWarning" not in done.stdout
+    assert "cue AUCs         box_area" in done.stdout
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mmclip-debug")

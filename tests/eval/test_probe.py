@@ -142,3 +142,24 @@ def test_cache_views_refuses_to_exceed_its_memory_limit():
     with pytest.raises(MemoryError, match="finetune_max_gib"):
         cache_views(_bright_dark_batches(16, seed=0), max_gib=1e-6)
     assert isinstance(cache_views(_bright_dark_batches(8, seed=0), 1.0), ViewCache)
+
+
+def test_roi_features_pool_the_box_embeddings_and_carry_the_lesion():
+    torch.manual_seed(0)
+    batches = _bright_dark_batches(48, seed=3)
+    for batch in batches:
+        n = len(batch["keys"])
+        batch["boxes"] = torch.tensor([8.0, 8.0, 20.0, 20.0]).expand(n, 2, 2, 4).clone()
+        batch["box_valid"] = torch.tensor([True, False]).expand(n, 2, 2).clone()
+    batches[0]["box_valid"][0, 1] = False  # one view without any annotated box
+    cfg = TINY.model_copy(update={"roi_levels": [8, 16, 32], "roi_pooling": "flatten"})
+    feats = extract_features({"random": baseline_encoder(cfg, "random")}, batches, "roi")["random"]
+    assert feats.features.shape == (48, 2, cfg.roi_match_dim)
+    assert np.all(feats.features[0, 1] == 0) and np.abs(feats.features[0, 0]).sum() > 0
+    with pytest.raises(ValueError, match="needs the views' boxes"):
+        baseline_encoder(cfg, "random")(batches[0]["images"][:, 0], batches[0]["masks"][:, 0], "roi")
+    y = np.arange(48) % 2
+    train = ViewFeatures(feats.features[:32], feats.keys[:32], feats.metas[:32])
+    fit = fit_linear_probe(get_task("malignancy"), train, EvalConfig(probe_c=[0.1, 1.0], val_fraction=0.25))
+    probs = predict_linear_probe(fit, feats.features[32:], 2)
+    assert roc_auc_score(y[32:], probs[:, :, 1].mean(1)) > 0.9

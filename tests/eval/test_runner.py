@@ -33,6 +33,8 @@ def test_linear_probe_of_pretrained_mmclip_beats_random_init(pretrained):
     seed 4 0.843 vs 0.643 (gaps 0.14-0.21). The test uses seed 0 and asks for a gap of 0.05.
     (With 64 patients / 40 steps of 16 the gap was seed-dependent, -0.02 to +0.32: too little to
     pretrain on, so this size was chosen.)
+    On the shortcut-free synthetic data (issue 18: box area, signal and position matched between classes),
+    seed 0 gives 0.771 vs 0.596 (gap 0.18; measured with the fixture's settings on 2026-11-30).
     """
     cfg = pretrained.config.model_copy(deep=True)
     cfg.eval.mode = "linear"

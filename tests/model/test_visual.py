@@ -34,7 +34,7 @@ def test_roi_align_maps_input_pixel_boxes_through_the_stride() -> None:
     # Box x in [64, 192] px, y in [32, 160] px; stride 32 and aligned=True (pixel centres) put it at
     # feature x in [1.5, 5.5], y in [0.5, 4.5]. Bilinear sampling of a linear map averages to the centre.
     boxes = torch.tensor([[[64.0, 32.0, 192.0, 160.0]], [[96.0, 64.0, 160.0, 128.0]]])
-    pooled = enc.roi_pool(fmap, boxes)
+    pooled = enc.roi_pool([fmap], boxes)
     assert pooled.shape == (2, 1, 2)
     assert torch.allclose(pooled[0, 0], torch.tensor([3.5, 2.5]), atol=1e-5)
     # Second image (batch index 1, values +100): x in [2.5, 4.5], y in [1.5, 3.5].
@@ -43,7 +43,7 @@ def test_roi_align_maps_input_pixel_boxes_through_the_stride() -> None:
 
 def test_roi_pool_without_rois() -> None:
     enc = VisualEncoder("test_resnet", embed_dim=4, roi_dim=4)
-    assert enc.roi_pool(_coordinate_maps(), torch.zeros(2, 0, 4)).shape == (2, 0, 2)
+    assert enc.roi_pool([_coordinate_maps()], torch.zeros(2, 0, 4)).shape == (2, 0, enc.roi_in_dim)
 
 
 def test_backbone_weights_from_a_checkpoint_file(tmp_path: Path) -> None:
@@ -96,6 +96,43 @@ def test_bf16_roi_pool_uses_unrounded_box_coordinates() -> None:
     # so the pooled value is 0.515625 (exact in bf16); rounded boxes would give 0.5.
     boxes = torch.tensor([[[64.0, 32.0, 705.0, 96.0]]])
     assert float(boxes.bfloat16()[0, 0, 2]) == 704.0
-    pooled = enc.roi_pool(fmap, boxes)
+    pooled = enc.roi_pool([fmap], boxes)
     assert pooled.dtype == torch.bfloat16
     assert float(pooled[0, 0, 0]) == 0.515625
+
+
+def test_multiscale_roi_sees_a_lesion_smaller_than_a_stride32_cell() -> None:
+    torch.manual_seed(0)
+    enc = VisualEncoder("test_resnet", embed_dim=4, roi_dim=4, roi_output_size=3, roi_levels=(8, 16, 32),
+                        roi_pooling="flatten").eval()  # fmt: skip
+    assert enc.roi_strides == [8, 16, 32] and enc.roi_in_dim == (48 + 192 + 96) * 9
+    image = torch.rand(1, 3, 256, 256) * 0.1
+    lesion = image.clone()
+    lesion[:, :, 40:52, 40:52] += 1.0  # 12 px: well inside one 32 px cell
+    # One box around the lesion, one in the far corner.
+    boxes = torch.tensor([[[24.0, 24.0, 68.0, 68.0], [200.0, 200.0, 244.0, 244.0]]])
+    with torch.no_grad():
+        before = enc.roi_pool([enc.feature_maps(image)[i] for i in enc.roi_levels], boxes)
+        after = enc.roi_pool([enc.feature_maps(lesion)[i] for i in enc.roi_levels], boxes)
+    change = (after - before).abs()
+    fine = slice(0, 48 * 9)  # the stride-8 block of the concatenated, flattened grid
+    assert change[0, 0, fine].mean() > 0.05 * before[0, 0, fine].abs().mean()
+    assert change[0, 1, fine].max() == 0.0  # the far box's stride-8 features are untouched
+    assert change[0, 0].sum() > 100 * change[0, 1].sum()
+
+
+def test_level_projection_keeps_a_flattened_grid_small() -> None:
+    enc = VisualEncoder("resnet50", embed_dim=8, roi_dim=6, roi_output_size=7, roi_levels=(8, 16, 32),
+                        roi_pooling="flatten", roi_level_dim=64).eval()  # fmt: skip
+    assert enc.roi_in_dim == 3 * 64 * 49
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0]]])
+    with torch.no_grad():
+        _, roi = enc(torch.rand(1, 3, 64, 64), boxes, torch.ones(1, 1, dtype=torch.bool))
+    assert roi.shape == (1, 1, 6)
+
+
+def test_single_level_mean_pooling_is_the_original_head() -> None:
+    enc = VisualEncoder("test_resnet", embed_dim=4, roi_dim=4, roi_output_size=7)
+    assert enc.roi_strides == [32] and enc.roi_in_dim == enc.channels
+    with pytest.raises(ValueError, match="feature strides"):
+        VisualEncoder("test_resnet", embed_dim=4, roi_dim=4, roi_levels=(64,))

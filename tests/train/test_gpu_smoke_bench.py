@@ -3,29 +3,20 @@ and without pydantic (the GPU machine may only have torch, timm and transformers
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from mmclip_devtools.bench_scripts import load_bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_bench_script(name: str) -> ModuleType:
-    # bench/ holds scripts, not a package: load the file itself rather than putting bench/ on sys.path.
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_smoke = _load_bench_script("gpu_smoke")
+gpu_smoke = load_bench_script("gpu_smoke")
 SNAPSHOT, snapshot_config = gpu_smoke.SNAPSHOT, gpu_smoke.snapshot_config
 
 
