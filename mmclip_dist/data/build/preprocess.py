@@ -226,7 +226,7 @@ def _lanczos_blocks(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     weights = np.where(valid, np.sinc(t) * np.sinc(t / 3.0), 0.0)
     weights /= weights.sum(axis=1, keepdims=True)
     block = np.arange(n_out) // _BLOCK
-    starts = first[:: _BLOCK]  # first and end grow with the output index
+    starts = first[::_BLOCK]  # first and end grow with the output index
     ends = end[np.minimum(np.arange(len(starts)) * _BLOCK + _BLOCK, n_out) - 1]
     out = np.zeros((len(starts), int((ends - starts).max()), _BLOCK), np.float32)
     rows = x - starts[block][:, None]
