@@ -295,6 +295,11 @@ def _engine() -> AnalyzerEngine:
     return _ENGINE
 
 
+def forget_results() -> None:
+    """Empty the results cache (a build starts with it empty: its texts are its own)."""
+    _RESULTS.clear()
+
+
 def find_phi(text: str, threshold: float = 0.3) -> list[tuple[int, int, str]]:
     """Non-overlapping (start, end, type) spans, sorted; overlapping hits are merged into the union
     span, typed by the highest-priority type among them."""

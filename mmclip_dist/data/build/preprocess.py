@@ -64,7 +64,8 @@ def breast_bbox(pixels: np.ndarray) -> tuple[int, int, int, int]:
     # much as decoding at full size); the box is re-expanded by one stride, so subsampling can only make
     # the crop a few pixels larger, never cut tissue.
     stride = max(1, min(h, w) // 256)
-    small = np.asarray(pixels[::stride, ::stride], dtype=np.float32)
+    # One strided pass into a contiguous copy; the passes below would each touch a cache line per pixel.
+    small = np.ascontiguousarray(pixels[::stride, ::stride], dtype=np.float32)
     if not np.isfinite(small).all() or float(small.max()) <= float(small.min()):
         return 0, 0, h, w
     threshold = 0.5 * _otsu(small)
