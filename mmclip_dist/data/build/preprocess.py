@@ -74,14 +74,13 @@ def breast_bbox(pixels: np.ndarray) -> tuple[int, int, int, int]:
         return 0, 0, h, w
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    ys, xs = np.nonzero(labels == int(sizes.argmax()))
-    y0 = max(0, int(ys.min()) * stride - stride)
-    x0 = max(0, int(xs.min()) * stride - stride)
-    y1 = min(h, (int(ys.max()) + 1) * stride + stride)
-    x1 = min(w, (int(xs.max()) + 1) * stride + stride)
+    rows, cols = ndimage.find_objects(labels)[int(sizes.argmax()) - 1]  # the component's bounding slices
+    y0 = max(0, rows.start * stride - stride)
+    x0 = max(0, cols.start * stride - stride)
+    y1 = min(h, rows.stop * stride + stride)
+    x1 = min(w, cols.stop * stride + stride)
     if stride == 1:
-        y0, x0 = int(ys.min()), int(xs.min())
-        y1, x1 = int(ys.max()) + 1, int(xs.max()) + 1
+        y0, x0, y1, x1 = rows.start, cols.start, rows.stop, cols.stop
     return y0, x0, y1, x1
 
 
@@ -254,18 +253,19 @@ def resize_lanczos(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     src = np.asarray(arr, dtype=np.float32)
     if src.shape == (out_h, out_w):
         return np.array(src)
-    rows = np.empty((src.shape[0], out_w), np.float32)
-    starts, weights = _lanczos_blocks(src.shape[1], out_w)
-    for b, (start, w) in enumerate(zip(starts, weights)):
-        j0, j1 = b * _BLOCK, min(out_w, (b + 1) * _BLOCK)
-        span = min(w.shape[0], src.shape[1] - int(start))
-        np.matmul(src[:, start : start + span], w[:span, : j1 - j0], out=rows[:, j0:j1])
-    out = np.empty((out_h, out_w), np.float32)
+    # Vertical pass first: each block of output rows reads a band of whole input rows, contiguous in memory.
+    rows = np.empty((out_h, src.shape[1]), np.float32)
     starts, weights = _lanczos_blocks(src.shape[0], out_h)
     for b, (start, w) in enumerate(zip(starts, weights)):
         i0, i1 = b * _BLOCK, min(out_h, (b + 1) * _BLOCK)
         span = min(w.shape[0], src.shape[0] - int(start))
-        np.matmul(w[:span, : i1 - i0].T, rows[start : start + span], out=out[i0:i1])
+        np.matmul(w[:span, : i1 - i0].T, src[start : start + span], out=rows[i0:i1])
+    out = np.empty((out_h, out_w), np.float32)
+    starts, weights = _lanczos_blocks(src.shape[1], out_w)
+    for b, (start, w) in enumerate(zip(starts, weights)):
+        j0, j1 = b * _BLOCK, min(out_w, (b + 1) * _BLOCK)
+        span = min(w.shape[0], src.shape[1] - int(start))
+        np.matmul(rows[:, start : start + span], w[:span, : j1 - j0], out=out[:, j0:j1])
     return out
 
 
