@@ -401,11 +401,6 @@ class _BatchPool:
         return None, None
 
     # trainer side
-    def reset(self) -> None:
-        """A new pass: new worker processes, empty pools."""
-        self.in_use.zero_()
-        self._held.clear()
-
     def track(self, batch: dict[str, Any]) -> None:
         """Free the slots of batches the trainer has dropped since; watch ``batch``'s (its slot key removed)."""
         still = []
@@ -492,7 +487,7 @@ class _TrainStream(IterableDataset):
         self.micro_batch, self.seed, self.epoch = plan.micro_batch, plan.seed, plan.epoch
         self.num_batches, self.skip_batches = plan.num_batches, plan.skip_batches
         self.readers = max(1, cfg.loader_workers)
-        self.pool = _BatchPool(cfg.loader_workers) if cfg.loader_workers > 0 else None
+        self.pool: _BatchPool | None = None  # set by TrainLoader for each pass with worker processes
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -535,24 +530,27 @@ class TrainLoader:
     """Iterable of one rank's batches for one epoch; ``len()`` is the batches still to come."""
 
     def __init__(
-        self, dataloader: DataLoader, num_batches: int, skip_batches: int, pool: _BatchPool | None = None
+        self, dataloader: DataLoader, num_batches: int, skip_batches: int, stream: _TrainStream | None = None
     ) -> None:
         self.dataloader = dataloader
         self.num_batches = num_batches
         self.skip_batches = min(skip_batches, num_batches)
-        self.pool = pool
+        self.stream = stream
 
     def __len__(self) -> int:
         return self.num_batches - self.skip_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         produced = 0
-        if self.pool is not None:
-            self.pool.reset()
+        pool = None
+        if self.stream is not None and self.dataloader.num_workers > 0:
+            # A pool per pass, made before the pass forks its workers: workers of an abandoned earlier pass keep
+            # theirs, so they can never refill a batch this pass hands out, nor this pass one that one did.
+            pool = self.stream.pool = _BatchPool(self.dataloader.num_workers)
         for batch in self.dataloader:
             produced += 1
-            if self.pool is not None:
-                self.pool.track(batch)
+            if pool is not None:
+                pool.track(batch)
             yield batch
         # Fail loudly rather than let this rank fall out of step with the others (a hang in all-gather).
         if produced != len(self):
@@ -597,7 +595,7 @@ def make_train_loader(
         persistent_workers=False,
         in_order=True,
     )
-    return TrainLoader(dataloader, num_batches, skip_batches, dataset.pool)
+    return TrainLoader(dataloader, num_batches, skip_batches, dataset)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
