@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mmclip_devtools.s3_server import LocalS3Server
 from mmclip_dist.config import DataConfig
 from mmclip_dist.data.codecs import encode_pixels
 from mmclip_dist.data.storage import open_storage
+from mmclip_dist.data.stream import loader as loader_module
 from mmclip_dist.data.stream.loader import (
     collate_samples,
     count_samples,
@@ -299,6 +301,51 @@ def test_worker_batches_are_decoded_in_shared_memory(tmp_path: Path) -> None:
         assert (batch["images"][:, 1] == np.float32(500 / 65535)).all()
         assert batch["masks"][:, 0].sum().item() == 2 * 16 and batch["masks"][:, 1].sum().item() == 0
         assert batch["box_valid"].tolist() == [[[True, False, False, False], [False] * 4]] * 2
+
+
+def test_worker_reuses_batch_memory_only_once_the_trainer_dropped_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loader worker refills a batch's shared memory after the trainer let go of every tensor of it (views
+    included), and never before: batches equal those decoded into fresh memory in-process."""
+    for index in range(3):  # each breast its own pixel value and box (or none), so a stale row would show
+        with wds.TarWriter(str(tmp_path / f"train-{index:06d}.tar")) as sink:
+            for i in range(8):
+                n = index * 8 + i
+                boxes = [[n % 10, 1, n % 10 + 3, 4]] if n % 3 else None
+                sink.write(make_sample(f"train{index}x{i}", value=100 * (n + 1), cc_boxes=boxes, mlo_boxes=boxes))
+    fields = ("images", "masks", "boxes", "box_valid")
+
+    def run(workers: int) -> Any:
+        cfg = DataConfig(
+            train_shards=str(tmp_path), image_size=(H, W), loader_workers=workers, shuffle_buffer=4, max_text_len=8,
+            split_by_node=False, epoch_samples=48,
+        )  # fmt: skip
+        return make_train_loader(cfg, tiny_tokenizer(), rank=0, world_size=1, micro_batch=4, seed=1)
+
+    expected = [{name: batch[name].clone() for name in fields} for batch in run(0)]  # one reader either way
+    allocations = multiprocessing.Value("i", 0)
+    fresh = loader_module._batch_tensor
+
+    def counted(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        with allocations.get_lock():
+            allocations.value += 1
+        return fresh(shape, dtype)
+
+    monkeypatch.setattr(loader_module, "_batch_tensor", counted)  # the forked worker inherits it
+    copied = [{name: batch[name].clone() for name in fields} for batch in run(1)]  # each batch dropped after use
+    assert len(copied) == len(expected) == 12
+    for got, want in zip(copied, expected):
+        for name in fields:
+            assert torch.equal(got[name], want[name]), name
+    # 4 tensors per slot; at most 5 slots live at once (2 prefetched, 2 held by this loop, 1 being released)
+    assert 4 <= allocations.value <= 5 * 4
+
+    allocations.value = 0
+    kept = [batch["masks"][1:] for batch in run(1)]  # views keep each batch's masks storage alive
+    for got, want in zip(kept, expected):
+        assert torch.equal(got, want["masks"][1:])
+    assert allocations.value == 12 * 4  # no batch memory was refilled under a live view
 
 
 # ---------------------------------------------------------------------------------------------- shards

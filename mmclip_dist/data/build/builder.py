@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from mmclip_dist.config import ShardsConfig, redacted
 from mmclip_dist.data.build import deid
 from mmclip_dist.data.build.adapters import read_dataset
@@ -152,6 +154,10 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
     sink.clean_staging()
 
     deid.load_detector()
+    # One BLAS thread per process (the pool's workers inherit it): the resize's small matrix products
+    # (preprocess.resize_lanczos) cost ~10x the CPU time with OpenBLAS threads spin-waiting between them,
+    # and the build already runs one process per core.
+    blas = threadpool_limits(1, user_api="blas")
     pool = None
     if cfg.processes > 1:
         # fork: workers inherit the imported modules, so start-up costs milliseconds, not an interpreter.
@@ -183,6 +189,7 @@ def build_shards(cfg: ShardsConfig, progress: bool = True) -> BuildResult:
             pool.close()
             pool.join()
         sink.close()
+        blas.restore_original_limits()
 
     # Adapter rejects quote CSV cells (a bad label, a bad box): the PHI detector redacts whatever they hold.
     rejects = [{**r.to_json(), "detail": deid.redact_phi(r.detail)} for r in adapter_rejects] + shard_rejects

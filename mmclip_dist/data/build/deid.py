@@ -325,10 +325,12 @@ class TextCleaner:
 
 
 def load_detector() -> None:
-    """Import and build the detector now (the builder calls it before forking its workers, which then share it)."""
+    """Import and build the detector now (the builder calls it before forking its workers, which then share it),
+    with an empty results cache."""
     from mmclip_dist.data.build import phi_detector
 
     phi_detector.find_phi("")
+    phi_detector.forget_results()
 
 
 def redact_phi(text: str) -> str:

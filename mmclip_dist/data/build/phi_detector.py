@@ -281,18 +281,40 @@ _TYPE_MAP = {
 _PRIORITY = ["EMAIL", "ADDRESS", "NAME", "PHONE", "MRN", "ACCESSION", "DATE", "ID", "URL"]
 
 
+# find_phi's results by (text, threshold), for the engine built last: the detection is a function of the text
+# alone, and a shard build analyses the same box labels and templated reports over and over (~2 ms each).
+_RESULTS: dict[tuple[str, float], list[tuple[int, int, str]]] = {}
+_RESULTS_MAX = 4096
+
+
 def _engine() -> AnalyzerEngine:
     global _ENGINE
     if _ENGINE is None:
+        _RESULTS.clear()
         _ENGINE = _build_engine()
     return _ENGINE
+
+
+def forget_results() -> None:
+    """Empty the results cache (a build starts with it empty: its texts are its own)."""
+    _RESULTS.clear()
 
 
 def find_phi(text: str, threshold: float = 0.3) -> list[tuple[int, int, str]]:
     """Non-overlapping (start, end, type) spans, sorted; overlapping hits are merged into the union
     span, typed by the highest-priority type among them."""
+    engine = _engine()
+    key = (text, threshold)
+    if key not in _RESULTS:
+        if len(_RESULTS) >= _RESULTS_MAX:
+            _RESULTS.clear()
+        _RESULTS[key] = _find_phi(engine, text, threshold)
+    return list(_RESULTS[key])
+
+
+def _find_phi(engine: AnalyzerEngine, text: str, threshold: float) -> list[tuple[int, int, str]]:
     hits = []
-    for r in _engine().analyze(text, language="en", score_threshold=threshold):
+    for r in engine.analyze(text, language="en", score_threshold=threshold):
         typ = _TYPE_MAP.get(r.entity_type, r.entity_type)
         if typ == "NAME":
             toks = text[r.start : r.end].replace("^", " ").replace(",", " ").split()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
@@ -123,6 +124,7 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarr
 
 
 _SAMPLE_ARRAYS = ("images", "masks", "boxes", "box_valid")
+_ZEROED = ("masks", "boxes", "box_valid")  # drawn into zeros (a sample writes every pixel of its images)
 
 
 def _sample_shapes(cfg: DataConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -318,17 +320,22 @@ def decode_batch(
     *,
     skips: SkipCounter | None = None,
     refill: Callable[[], dict[str, Any]] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any] | None:
     """Raw samples → the batch dict; same result as ``collate_samples([decode_sample(s) ...])``, but each
     sample's pixels are decoded straight into its row of the batch tensors.
 
     With ``skips``, a sample that cannot be decoded is counted there instead of raising, and its row goes to
     the next sample: ``refill()`` (training) supplies one so the batch stays full; without it the batch is
-    shorter (evaluation), or None when nothing in it could be decoded.
+    shorter (evaluation), or None when nothing in it could be decoded. ``tensors``: the batch tensors to
+    fill (``_sample_shapes`` with ``len(raw)`` rows; masks, boxes and box_valid zero), else new ones.
     """
     if not raw:
         raise ValueError("cannot collate an empty list of samples")
-    tensors = {name: _batch_tensor((len(raw), *shape), dtype) for name, (shape, dtype) in _sample_shapes(cfg).items()}
+    if tensors is None:
+        tensors = {
+            name: _batch_tensor((len(raw), *shape), dtype) for name, (shape, dtype) in _sample_shapes(cfg).items()
+        }
     rows = [{name: tensor[i].numpy() for name, tensor in tensors.items()} for i in range(len(raw))]
     todo = list(raw)
     samples: list[dict[str, Any]] = []
@@ -340,6 +347,8 @@ def decode_batch(
             if skips is None:
                 raise
             skips.skip(str(sample.get("__url__", "?")), f"sample {sample.get('__key__', '?')}", err)
+            for name in _ZEROED:  # what the failed sample drew before failing; its images get overwritten
+                rows[len(samples)][name].fill(0)
             if refill is not None:
                 todo.append(refill())
     if not samples:
@@ -350,6 +359,61 @@ def decode_batch(
 
 
 # ---------------------------------------------------------------------------------------------- training
+
+
+_SLOT = "_buffer_slot"  # batch key from a loader worker to TrainLoader: (worker, slot) of its pooled tensors
+# Per worker, the most slots it fills: 2 batches prefetched, the trainer's current and previous one, one it
+# has just dropped but not yet reported; more held (gradient accumulation) fall back to fresh memory.
+_SLOTS = 6
+
+
+class _BatchPool:
+    """Shared-memory batch tensors that DataLoader workers reuse once the trainer has dropped a batch.
+
+    Each batch in fresh shared memory costs a page fault per 4 KB on first write (~2 ms per 760x480 breast,
+    as much as decoding it). ``in_use[worker, slot]`` (shared memory) is set by the worker when it fills a
+    slot and cleared by ``TrainLoader`` in the trainer process once no tensor of that batch, nor any view of
+    one, is alive there (``StorageWeakRef``). A worker with no free slot allocates a fresh batch, as without
+    the pool: the trainer may hold batches as long as it likes.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.in_use = torch.zeros((max(1, workers), _SLOTS), dtype=torch.uint8).share_memory_()
+        self._tensors: dict[int, dict[str, torch.Tensor]] = {}  # this worker process's slots
+        self._held: list[tuple[int, int, list[StorageWeakRef]]] = []  # trainer side: batches not yet dropped
+
+    # worker side
+    def acquire(self, worker: int, cfg: DataConfig, rows: int) -> tuple[int | None, dict[str, torch.Tensor] | None]:
+        """A free slot's tensors for a batch of ``rows`` (masks, boxes, box_valid zeroed), or (None, None)."""
+        flags = self.in_use[worker].numpy()
+        for slot in range(_SLOTS):
+            if flags[slot]:
+                continue
+            tensors = self._tensors.get(slot)
+            if tensors is None or tensors["images"].shape[0] != rows:
+                shapes = _sample_shapes(cfg).items()
+                tensors = self._tensors[slot] = {n: _batch_tensor((rows, *shape), dt) for n, (shape, dt) in shapes}
+            else:
+                for name in _ZEROED:
+                    tensors[name].zero_()
+            flags[slot] = 1
+            return slot, tensors
+        return None, None
+
+    # trainer side
+    def track(self, batch: dict[str, Any]) -> None:
+        """Free the slots of batches the trainer has dropped since; watch ``batch``'s (its slot key removed)."""
+        still = []
+        for worker, slot, refs in self._held:
+            if all(ref.expired() for ref in refs):
+                self.in_use[worker, slot] = 0
+            else:
+                still.append((worker, slot, refs))
+        self._held = still
+        where = batch.pop(_SLOT, None)
+        if where is not None:
+            refs = [StorageWeakRef(batch[name].untyped_storage()) for name in _SAMPLE_ARRAYS]
+            self._held.append((where[0], where[1], refs))
 
 
 def _shuffle(stream: Iterator[dict[str, Any]], size: int, rng: random.Random) -> Iterator[dict[str, Any]]:
@@ -423,6 +487,7 @@ class _TrainStream(IterableDataset):
         self.micro_batch, self.seed, self.epoch = plan.micro_batch, plan.seed, plan.epoch
         self.num_batches, self.skip_batches = plan.num_batches, plan.skip_batches
         self.readers = max(1, cfg.loader_workers)
+        self.pool: _BatchPool | None = None  # set by TrainLoader for each pass with worker processes
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -449,9 +514,14 @@ class _TrainStream(IterableDataset):
             raw = [next(samples) for _ in range(self.micro_batch)]
             if index < skip:
                 continue  # consumed but not decoded: resuming costs tar reads only
+            slot, tensors = (None, None) if self.pool is None else self.pool.acquire(worker, self.cfg, len(raw))
             # A sample that cannot be decoded is skipped (counted) and replaced by the stream's next one.
-            batch = decode_batch(raw, self.cfg, self.tokenizer, skips=skips, refill=lambda: next(samples))
+            batch = decode_batch(
+                raw, self.cfg, self.tokenizer, skips=skips, refill=lambda: next(samples), tensors=tensors
+            )
             assert batch is not None  # refilled: always full
+            if slot is not None:
+                batch[_SLOT] = (worker, slot)
             batch["skipped_samples"] = skips.take()  # summed over ranks and logged by the training loop
             yield batch
 
@@ -459,18 +529,28 @@ class _TrainStream(IterableDataset):
 class TrainLoader:
     """Iterable of one rank's batches for one epoch; ``len()`` is the batches still to come."""
 
-    def __init__(self, dataloader: DataLoader, num_batches: int, skip_batches: int) -> None:
+    def __init__(
+        self, dataloader: DataLoader, num_batches: int, skip_batches: int, stream: _TrainStream | None = None
+    ) -> None:
         self.dataloader = dataloader
         self.num_batches = num_batches
         self.skip_batches = min(skip_batches, num_batches)
+        self.stream = stream
 
     def __len__(self) -> int:
         return self.num_batches - self.skip_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         produced = 0
+        pool = None
+        if self.stream is not None and self.dataloader.num_workers > 0:
+            # A pool per pass, made before the pass forks its workers: workers of an abandoned earlier pass keep
+            # theirs, so they can never refill a batch this pass hands out, nor this pass one that one did.
+            pool = self.stream.pool = _BatchPool(self.dataloader.num_workers)
         for batch in self.dataloader:
             produced += 1
+            if pool is not None:
+                pool.track(batch)
             yield batch
         # Fail loudly rather than let this rank fall out of step with the others (a hang in all-gather).
         if produced != len(self):
@@ -515,7 +595,7 @@ def make_train_loader(
         persistent_workers=False,
         in_order=True,
     )
-    return TrainLoader(dataloader, num_batches, skip_batches)
+    return TrainLoader(dataloader, num_batches, skip_batches, dataset)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
