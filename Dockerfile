@@ -46,6 +46,7 @@ RUN pip install \
       "boto3==1.44.8" \
       "mlflow[auth]==3.17.2" \
       "scikit-learn==1.9.1" \
+      "threadpoolctl==3.8.0" \
       "pydantic==2.14.4" \
       "pyyaml==6.0.4" \
       "rich==15.0.0" \
