@@ -52,7 +52,7 @@ def test_debug_pipeline_logs_every_loss_term_and_eval_metrics(tmp_path: Path) ->
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     start = lines.index("=== mmclip-dist debug: summary ===")
     summary = lines[start:]
-    assert len(summary) == 8 and summary[-1].startswith("open the UI"), summary
+    assert len(summary) == 9 and summary[-1].startswith("open the UI"), summary
     # No third-party deprecation or CUDA warnings without --verbose.
     assert "DeprecationWarning" not in done.stdout and "FutureWarning" not in done.stdout
     assert "cue AUCs         box_area" in done.stdout
