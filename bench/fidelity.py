@@ -29,7 +29,9 @@ sys.path.insert(0, str(REPO))
 # the multi-scale flattened RoI head, and data/steps that fit the time budget on two CPU cores.
 SETTINGS = [
     "synthetic.num_patients=600", "synthetic.height=640", "synthetic.width=480", "synthetic.test_fraction=0.2",
-    "synthetic.seed=18", "synthetic.text_hidden=64", "synthetic.text_layers=1", "synthetic.text_vocab=400",
+    # The debug run's text encoder (2 layers, 128 wide, 1,000 WordPieces): with 1 layer x 64 (the eval tests'
+    # size) zero-shot was 0.05-0.2 lower (docs/benchmarks.md, "Region-level fidelity").
+    "synthetic.seed=18", "synthetic.text_hidden=128", "synthetic.text_layers=2", "synthetic.text_vocab=1000",
     "synthetic.mlm_steps=0",
     "shards.image_size=[256, 192]", "data.image_size=[256, 192]", "shards.shard_max_samples=60",
     "model.roi_levels=[8, 16, 32]", "model.roi_pooling=flatten",
