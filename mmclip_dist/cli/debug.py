@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
+    from mmclip_dist.data.synthetic import format_cue_aucs
     from mmclip_dist.train.ray_env import connect_ray
     from mmclip_dist.workflows.debug_run import run_debug_pipeline
 
@@ -54,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         f"zero-shot AUC    {zs['auc']:.3f} (95% CI {zs['auc_ci_low']:.3f}-{zs['auc_ci_high']:.3f}), "
         f"accuracy {zs['accuracy']:.3f}, per-image AUC {zs['image_auc']:.3f}, {int(zs['n_breasts'])} held-out breasts"
     )
-    cues = ", ".join(f"{k} {v:.3f}" for k, v in summary.cue_aucs.items())
-    print(f"cue AUCs         {cues}  (each scalar cue alone; the zero-shot AUC must come from morphology)")
+    print(
+        f"cue AUCs         {format_cue_aucs(summary.cue_aucs)}  (each scalar cue alone; the zero-shot AUC must come from morphology)"
+    )
     print(f"stage seconds    {summary.seconds}  (total {elapsed:.0f} s)")
     print(f"MLflow run       {summary.mlflow_run_id}")
     print(f"open the UI      {summary.ui_command()}")

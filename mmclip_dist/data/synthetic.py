@@ -663,6 +663,11 @@ def cue_aucs(truth: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def format_cue_aucs(aucs: dict[str, float]) -> str:
+    """``box_area 0.503, mean_intensity 0.500, ...`` for logs and the debug summary."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()) or "n/a (one class only)"
+
+
 def load_truth(root: Path) -> list[dict[str, Any]]:
     """Ground truth written beside the CSVs: per breast pathology, lesion kind, boxes, area fractions."""
     return json.loads((Path(root) / TRUTH_FILE).read_text())

@@ -81,7 +81,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     """Run every stage; ``log`` receives one line per stage."""
     from mmclip_dist.data.build.builder import build_shards
     from mmclip_dist.data.stream.loader import list_shards, make_eval_loader
-    from mmclip_dist.data.synthetic import generate_vindr_dataset
+    from mmclip_dist.data.synthetic import format_cue_aucs, generate_vindr_dataset
     from mmclip_dist.eval.zeroshot import zero_shot_malignancy
     from mmclip_dist.model import MMCLIP
     from mmclip_dist.model.text_pretrain import pretrain_mlm
@@ -102,7 +102,7 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
     synthetic = generate_vindr_dataset(Path(cfg.shards.input), cfg.synthetic)
     lap("synthetic")
     log(f"[1/5] synthetic VinDr-format dataset: {synthetic.patients} patients, {synthetic.images} DICOMs")
-    log("      AUC of each scalar cue alone (no shortcut: ~0.5): " + _format_cues(synthetic.cue_aucs))
+    log("      AUC of each scalar cue alone (no shortcut: ~0.5): " + format_cue_aucs(synthetic.cue_aucs))
 
     built = build_shards(cfg.shards, progress=False)
     lap("shards")
@@ -158,7 +158,3 @@ def run_debug_pipeline(cfg: Config, workdir: Path, *, log: Any = print) -> Debug
         seconds=seconds,
         cue_aucs=synthetic.cue_aucs,
     )
-
-
-def _format_cues(aucs: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()) or "n/a (one class only)"

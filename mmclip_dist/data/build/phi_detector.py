@@ -14,6 +14,7 @@ measurement against scrubadub, commonregex and datafog on a planted-PHI corpus
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Iterator
@@ -281,35 +282,31 @@ _TYPE_MAP = {
 _PRIORITY = ["EMAIL", "ADDRESS", "NAME", "PHONE", "MRN", "ACCESSION", "DATE", "ID", "URL"]
 
 
-# find_phi's results by (text, threshold), for the engine built last: the detection is a function of the text
-# alone, and a shard build analyses the same box labels and templated reports over and over (~2 ms each).
-_RESULTS: dict[tuple[str, float], list[tuple[int, int, str]]] = {}
-_RESULTS_MAX = 4096
-
-
 def _engine() -> AnalyzerEngine:
     global _ENGINE
     if _ENGINE is None:
-        _RESULTS.clear()
+        _cached_phi.cache_clear()  # results of an earlier engine do not carry over
         _ENGINE = _build_engine()
     return _ENGINE
 
 
 def forget_results() -> None:
     """Empty the results cache (a build starts with it empty: its texts are its own)."""
-    _RESULTS.clear()
+    _cached_phi.cache_clear()
 
 
 def find_phi(text: str, threshold: float = 0.3) -> list[tuple[int, int, str]]:
     """Non-overlapping (start, end, type) spans, sorted; overlapping hits are merged into the union
     span, typed by the highest-priority type among them."""
     engine = _engine()
-    key = (text, threshold)
-    if key not in _RESULTS:
-        if len(_RESULTS) >= _RESULTS_MAX:
-            _RESULTS.clear()
-        _RESULTS[key] = _find_phi(engine, text, threshold)
-    return list(_RESULTS[key])
+    return list(_cached_phi(engine, text, threshold))
+
+
+# The detection is a function of the text alone, and a shard build analyses the same box labels and templated
+# reports over and over (~2 ms each).
+@functools.lru_cache(maxsize=4096)
+def _cached_phi(engine: AnalyzerEngine, text: str, threshold: float) -> tuple[tuple[int, int, str], ...]:
+    return tuple(_find_phi(engine, text, threshold))
 
 
 def _find_phi(engine: AnalyzerEngine, text: str, threshold: float) -> list[tuple[int, int, str]]:
